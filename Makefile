@@ -1,0 +1,36 @@
+# The README's commands. `make install` is quick when nothing changed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch: reuse one the base interpreter already has (the venv sees system site-packages),
+# else install this pin (on this workplace's machines it is a CPU build kept on disk).
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.ipa-installed
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
+	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q --upgrade "setuptools>=69" wheel "pybind11>=2.12"
+	IPA_BUILD_NATIVE=1 $(PIP) install -q --no-build-isolation -e ".[test]"
+	@$(PY) -c "import ipa._C, ipa.ops; print('ipa installed:', ipa.ops.available_backends())"
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not multiprocess"
+
+demo: install
+	$(PY) -m ipa.cli bench ops --quick
+
+bench: install
+	$(PY) -m ipa.cli bench ops
+
+clean:
+	rm -rf build *.egg-info ipa/_C*.so

@@ -1,0 +1,246 @@
+// HALO-weighted squared error on CPU tensors: the forward and backward of `ipa.ops.halo_error`.
+//
+// No torch headers: Python hands us raw data pointers, sizes and dtype codes (see
+// ipa/ops/_backends.py), so this extension does not depend on the torch ABI.
+//
+// Layout. pred, ref, target are contiguous [B, C, F, HW]; the optional hand mask is contiguous
+// [B, F - skip, HW] and broadcast over C. A "plane" is one (b, c, f) slice of HW elements; each
+// plane reads at most one mask plane, so the inner loops are plain unit-stride streams that the
+// compiler vectorizes (`omp simd`), and OpenMP splits planes over the cores.
+//
+// Math. With N = C * F * HW and the HALO weight
+//     w[b, c, f, i] = 1                                          for f <  skip
+//                   = 1 + (lambda - 1) * clamp(mask[b, f - skip, i], 0, 1)   for f >= skip,
+// the forward is     err[b] = (1 / N) * sum_{c, f, i} w * (pred - target)^2
+// and its gradient   d err[b] / d pred[b, c, f, i] = (2 / N) * w * (pred - target),
+// so given the upstream g[b] = dL / d err[b] the backward writes, in one pass,
+//     grad_pred = (2 g[b] / N) * w * (pred - target)        (in pred's dtype).
+// clamp is written as two compares so that a NaN in the mask stays NaN (never a silent 0 or 1).
+//
+// Accumulation is fp32 for fp16/bf16/fp32 inputs (fp64 for fp64 inputs), in chunks of kChunk
+// elements folded into a double, then planes are summed per sample in a fixed order, so results
+// are deterministic whatever the thread count.
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+// Dtype codes shared with ipa/ops/_backends.py (_CPP_DTYPE_CODES).
+enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3, kUInt8 = 4 };
+
+constexpr int64_t kChunk = 2048;
+
+struct bf16 { uint16_t bits; };
+using f16 = _Float16;
+
+// Loads convert to the accumulation type; stores round from it (round-to-nearest-even for bf16,
+// NaN kept quiet, matching torch's conversion).
+template <typename A> inline A load(const float* p, int64_t i) { return A(p[i]); }
+template <typename A> inline A load(const double* p, int64_t i) { return A(p[i]); }
+template <typename A> inline A load(const f16* p, int64_t i) { return A(float(p[i])); }
+template <typename A> inline A load(const uint8_t* p, int64_t i) { return A(p[i]); }
+template <typename A> inline A load(const bf16* p, int64_t i) {
+  uint32_t u = uint32_t(p[i].bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return A(f);
+}
+
+template <typename A> inline void store(float* p, int64_t i, A v) { p[i] = float(v); }
+template <typename A> inline void store(double* p, int64_t i, A v) { p[i] = double(v); }
+template <typename A> inline void store(f16* p, int64_t i, A v) { p[i] = f16(float(v)); }
+template <typename A> inline void store(bf16* p, int64_t i, A v) {
+  float f = float(v);
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  uint16_t out = ((u & 0x7fffffffu) > 0x7f800000u)
+                     ? uint16_t((u >> 16) | 0x40u)
+                     : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  p[i].bits = out;
+}
+
+template <typename A> inline A clamp01(A v) { return v < A(0) ? A(0) : (v > A(1) ? A(1) : v); }
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+struct Sizes {
+  int64_t B, C, F, HW, skip;
+};
+
+// Sum over one plane of w * (p - t)^2 (and of w * (r - t)^2 when HAS_REF).
+template <bool HAS_REF, bool HAS_MASK, typename T, typename M, typename A = typename AccOf<T>::type>
+inline void plane_sums(const T* p, const T* r, const T* t, const M* m, A lam1, int64_t n,
+                       double* out_p, double* out_r) {
+  double total_p = 0.0, total_r = 0.0;
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = (i0 + kChunk < n) ? i0 + kChunk : n;
+    A sp = 0, sr = 0;
+#pragma omp simd reduction(+ : sp, sr)
+    for (int64_t i = i0; i < i1; ++i) {
+      const A tv = load<A>(t, i);
+      A w = A(1);
+      if constexpr (HAS_MASK) w = A(1) + lam1 * clamp01(load<A>(m, i));
+      const A dp = load<A>(p, i) - tv;
+      sp += w * dp * dp;
+      if constexpr (HAS_REF) {
+        const A dr = load<A>(r, i) - tv;
+        sr += w * dr * dr;
+      }
+    }
+    total_p += double(sp);
+    total_r += double(sr);
+  }
+  *out_p = total_p;
+  if (HAS_REF) *out_r = total_r;
+}
+
+template <typename T, typename M>
+void forward_impl(const T* pred, const T* ref, const T* target, const M* mask, double* out_pred,
+                  double* out_ref, Sizes s, double hand_weight, int threads) {
+  using A = typename AccOf<T>::type;
+  const int64_t planes = s.B * s.C * s.F;
+  const int64_t mask_frames = s.F - s.skip;
+  const A lam1 = A(hand_weight - 1.0);
+  std::vector<double> part_pred(planes), part_ref(ref ? planes : 0);
+
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const int64_t b = pl / (s.C * s.F);
+    const int64_t f = pl % s.F;
+    const int64_t off = pl * s.HW;
+    const M* m = (mask && f >= s.skip) ? mask + (b * mask_frames + (f - s.skip)) * s.HW : nullptr;
+    const T* r = ref ? ref + off : nullptr;
+    double* pr = ref ? &part_ref[pl] : nullptr;
+    if (m && r) plane_sums<true, true>(pred + off, r, target + off, m, lam1, s.HW, &part_pred[pl], pr);
+    else if (m) plane_sums<false, true>(pred + off, r, target + off, m, lam1, s.HW, &part_pred[pl], pr);
+    else if (r) plane_sums<true, false>(pred + off, r, target + off, m, lam1, s.HW, &part_pred[pl], pr);
+    else plane_sums<false, false>(pred + off, r, target + off, m, lam1, s.HW, &part_pred[pl], pr);
+  }
+
+  const int64_t per_sample = s.C * s.F;
+  const double inv_n = 1.0 / double(per_sample * s.HW);
+  for (int64_t b = 0; b < s.B; ++b) {
+    double sp = 0.0, sr = 0.0;
+    for (int64_t k = 0; k < per_sample; ++k) {
+      sp += part_pred[b * per_sample + k];
+      if (ref) sr += part_ref[b * per_sample + k];
+    }
+    out_pred[b] = sp * inv_n;
+    if (ref) out_ref[b] = sr * inv_n;
+  }
+}
+
+template <bool HAS_MASK, typename T, typename M, typename A = typename AccOf<T>::type>
+inline void plane_grad(const T* p, const T* t, const M* m, A scale, A lam1, int64_t n, T* g) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    A w = A(1);
+    if constexpr (HAS_MASK) w = A(1) + lam1 * clamp01(load<A>(m, i));
+    store<A>(g, i, scale * w * (load<A>(p, i) - load<A>(t, i)));
+  }
+}
+
+template <typename T, typename M>
+void backward_impl(const double* grad_err, const T* pred, const T* target, const M* mask,
+                   T* grad_pred, Sizes s, double hand_weight, int threads) {
+  using A = typename AccOf<T>::type;
+  const int64_t planes = s.B * s.C * s.F;
+  const int64_t mask_frames = s.F - s.skip;
+  const A lam1 = A(hand_weight - 1.0);
+  const double two_over_n = 2.0 / double(s.C * s.F * s.HW);
+
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const int64_t b = pl / (s.C * s.F);
+    const int64_t f = pl % s.F;
+    const int64_t off = pl * s.HW;
+    const A scale = A(grad_err[b] * two_over_n);
+    const M* m = (mask && f >= s.skip) ? mask + (b * mask_frames + (f - s.skip)) * s.HW : nullptr;
+    if (m) plane_grad<true>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off);
+    else plane_grad<false>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off);
+  }
+}
+
+// Turn (dtype code, mask dtype code) into concrete pointer types and call `fn`.
+template <typename Fn>
+void dispatch(int dtype, int mask_dtype, Fn&& fn) {
+  auto with_mask = [&](auto tag) {
+    using T = decltype(tag);
+    switch (mask_dtype) {
+      case kFloat32: return fn(T{}, float{});
+      case kFloat16: return fn(T{}, f16{});
+      case kBFloat16: return fn(T{}, bf16{});
+      case kFloat64: return fn(T{}, double{});
+      case kUInt8: return fn(T{}, uint8_t{});
+      default: throw std::invalid_argument("ipa._C: unsupported mask dtype code " + std::to_string(mask_dtype));
+    }
+  };
+  switch (dtype) {
+    case kFloat32: return with_mask(float{});
+    case kFloat16: return with_mask(f16{});
+    case kBFloat16: return with_mask(bf16{});
+    case kFloat64: return with_mask(double{});
+    default: throw std::invalid_argument("ipa._C: unsupported dtype code " + std::to_string(dtype));
+  }
+}
+
+void check_sizes(const Sizes& s) {
+  if (s.B < 0 || s.C < 0 || s.F < 0 || s.HW < 0 || s.skip < 0 || s.skip > s.F)
+    throw std::invalid_argument("ipa._C: invalid sizes");
+}
+
+void halo_forward(uintptr_t pred, uintptr_t ref, uintptr_t target, uintptr_t mask, uintptr_t out_pred,
+                  uintptr_t out_ref, int64_t B, int64_t C, int64_t F, int64_t HW, int64_t skip,
+                  double hand_weight, int dtype, int mask_dtype, int threads) {
+  const Sizes s{B, C, F, HW, skip};
+  check_sizes(s);
+  dispatch(dtype, mask ? mask_dtype : kFloat32, [&](auto t, auto m) {
+    using T = decltype(t);
+    using M = decltype(m);
+    forward_impl<T, M>(reinterpret_cast<const T*>(pred), reinterpret_cast<const T*>(ref),
+                       reinterpret_cast<const T*>(target), reinterpret_cast<const M*>(mask),
+                       reinterpret_cast<double*>(out_pred), reinterpret_cast<double*>(out_ref), s,
+                       hand_weight, threads);
+  });
+}
+
+void halo_backward(uintptr_t grad_err, uintptr_t pred, uintptr_t target, uintptr_t mask,
+                   uintptr_t grad_pred, int64_t B, int64_t C, int64_t F, int64_t HW, int64_t skip,
+                   double hand_weight, int dtype, int mask_dtype, int threads) {
+  const Sizes s{B, C, F, HW, skip};
+  check_sizes(s);
+  dispatch(dtype, mask ? mask_dtype : kFloat32, [&](auto t, auto m) {
+    using T = decltype(t);
+    using M = decltype(m);
+    backward_impl<T, M>(reinterpret_cast<const double*>(grad_err), reinterpret_cast<const T*>(pred),
+                        reinterpret_cast<const T*>(target), reinterpret_cast<const M*>(mask),
+                        reinterpret_cast<T*>(grad_pred), s, hand_weight, threads);
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "ipa CPU kernels (HALO-weighted squared error, forward and backward).";
+  m.def("halo_forward", &halo_forward, py::call_guard<py::gil_scoped_release>(),
+        "Per-sample HALO errors of pred (and ref) against target, written as float64 [B].",
+        py::arg("pred"), py::arg("ref"), py::arg("target"), py::arg("mask"), py::arg("out_pred"),
+        py::arg("out_ref"), py::arg("B"), py::arg("C"), py::arg("F"), py::arg("HW"),
+        py::arg("skip"), py::arg("hand_weight"), py::arg("dtype"), py::arg("mask_dtype"),
+        py::arg("threads"));
+  m.def("halo_backward", &halo_backward, py::call_guard<py::gil_scoped_release>(),
+        "Gradient of the HALO error with respect to pred, written in pred's dtype.",
+        py::arg("grad_err"), py::arg("pred"), py::arg("target"), py::arg("mask"),
+        py::arg("grad_pred"), py::arg("B"), py::arg("C"), py::arg("F"), py::arg("HW"),
+        py::arg("skip"), py::arg("hand_weight"), py::arg("dtype"), py::arg("mask_dtype"),
+        py::arg("threads"));
+}

@@ -1,0 +1,43 @@
+"""The `ipa` command.
+
+Each command group lives beside the code it drives: a module listed in COMMANDS defines
+`register(subparsers)`, adds its parser(s) and sets `func(args) -> int | None` on them. Modules are
+imported only when their group is asked for, so `ipa --help` stays fast and a broken optional
+dependency only breaks its own command.
+"""
+
+import argparse
+import importlib
+import sys
+
+# group name -> (module, one-line help)
+COMMANDS = {
+    "bench": ("ipa.bench", "run a benchmark (ops, ...) and write CSV + PNG under benchmarks/results/"),
+}
+
+
+def build_parser(only=None):
+    parser = argparse.ArgumentParser(prog="ipa", description="Implicit Preference Alignment for "
+                                     "human image animation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_)
+            continue
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    group = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(only=group or "")
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

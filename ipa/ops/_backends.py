@@ -1,0 +1,147 @@
+"""Backend choice and launchers for the HALO error kernels.
+
+Backends: "triton" (CUDA tensors; CPU tensors too when TRITON_INTERPRET=1 was set before import),
+"cpp" (CPU tensors, `ipa._C`), "torch" (plain PyTorch, any device). "auto" picks Triton on CUDA,
+C++ on CPU, and falls back to "torch" with a one-time warning when the preferred one is missing.
+Launchers take validated, contiguous tensors: pred/ref/target [B, C, F, H, W], mask [B, F-skip, H, W].
+"""
+
+import os
+import warnings
+
+import torch
+
+from . import reference
+
+BACKENDS = ("auto", "triton", "cpp", "torch")
+
+# Codes shared with csrc/halo.cpp (enum DType).
+_CPP_DTYPE_CODES = {
+    torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3,
+    torch.uint8: 4, torch.bool: 4,
+}
+
+_status = {}  # name -> module or None (import error kept in _import_errors)
+_import_errors = {}
+_warned = set()
+
+
+def _load(name):
+    if name not in _status:
+        try:
+            if name == "cpp":
+                from ipa import _C as mod
+            else:
+                from ipa.kernels import halo as mod
+            _status[name] = mod
+        except Exception as e:  # ImportError, or triton failing to find a driver
+            _status[name] = None
+            _import_errors[name] = f"{type(e).__name__}: {e}"
+    return _status[name]
+
+
+def _triton_runs_on(device):
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available_backends(device="cpu"):
+    """Backends that can run on `device` in this process, best first."""
+    device = torch.device(device)
+    names = []
+    if _triton_runs_on(device) and _load("triton") is not None:
+        names.append("triton")
+    if device.type == "cpu" and _load("cpp") is not None:
+        names.append("cpp")
+    names.append("torch")
+    return names
+
+
+def resolve_backend(backend, device):
+    """Turn a user's `backend` argument into the one that will run, or raise a clear error."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return backend
+    if backend == "auto":
+        preferred = "triton" if device.type == "cuda" else "cpp" if device.type == "cpu" else None
+        if preferred is None:
+            return "torch"
+        if preferred in available_backends(device):
+            return preferred
+        if preferred not in _warned:
+            _warned.add(preferred)
+            warnings.warn(f"ipa.ops: the {preferred} backend is unavailable "
+                          f"({_import_errors.get(preferred, 'not importable')}); using the slower "
+                          f"'torch' backend", RuntimeWarning, stacklevel=3)
+        return "torch"
+    if backend not in available_backends(device):
+        why = {
+            "triton": "needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before "
+                      "ipa.kernels is imported",
+            "cpp": "needs CPU tensors and the compiled extension ipa._C (run `make install`)",
+        }[backend]
+        detail = _import_errors.get(backend)
+        raise ValueError(f"backend={backend!r} cannot run on {device} here: it {why}"
+                         + (f" [{detail}]" if detail else "")
+                         + f"; available: {available_backends(device)}")
+    return backend
+
+
+def acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _ptr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+def _mask_for_kernel(mask):
+    # bool and uint8 have the same layout; kernels read both as uint8.
+    return mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask
+
+
+def forward(backend, pred, ref, target, mask, hand_weight, skip_frames):
+    """(err_pred [B], err_ref [B] or None), accumulated and returned in acc_dtype(pred.dtype)."""
+    if backend == "torch":
+        acc = acc_dtype(pred.dtype)
+        kw = dict(hand_weight=hand_weight, skip_frames=skip_frames)
+        err = reference.halo_error(pred.to(acc), target.to(acc), mask, **kw)
+        err_ref = reference.halo_error(ref.to(acc), target.to(acc), mask, **kw) if ref is not None else None
+        return err, err_ref
+    mask = _mask_for_kernel(mask)
+    if backend == "triton":
+        return _load("triton").halo_forward(pred, ref, target, mask, hand_weight, skip_frames)
+    B, C, F, H, W = pred.shape
+    out = torch.empty(2, B, dtype=torch.float64)
+    _load("cpp").halo_forward(
+        _ptr(pred), _ptr(ref), _ptr(target), _ptr(mask), out[0].data_ptr(), out[1].data_ptr(),
+        B, C, F, H * W, skip_frames, float(hand_weight), _CPP_DTYPE_CODES[pred.dtype],
+        _CPP_DTYPE_CODES[mask.dtype] if mask is not None else 0, torch.get_num_threads(),
+    )
+    out = out.to(acc_dtype(pred.dtype))
+    return out[0], (out[1] if ref is not None else None)
+
+
+def backward(backend, grad_err, pred, target, mask, hand_weight, skip_frames):
+    """d(sum_b grad_err[b] * err[b]) / d pred, in pred's dtype."""
+    B, C, F, H, W = pred.shape
+    if backend == "torch":
+        acc = acc_dtype(pred.dtype)
+        g = grad_err.to(acc).view(B, 1, 1, 1, 1) * (2.0 / (C * F * H * W))
+        d = pred.to(acc) - target.to(acc)
+        if mask is not None:
+            d = d * reference.halo_weight(mask, F, hand_weight=hand_weight, skip_frames=skip_frames, dtype=acc)
+        return (g * d).to(pred.dtype)
+    mask = _mask_for_kernel(mask)
+    if backend == "triton":
+        return _load("triton").halo_backward(grad_err, pred, target, mask, hand_weight, skip_frames)
+    grad = torch.empty_like(pred)
+    g64 = grad_err.to(torch.float64).contiguous()
+    _load("cpp").halo_backward(
+        g64.data_ptr(), _ptr(pred), _ptr(target), _ptr(mask), grad.data_ptr(),
+        B, C, F, H * W, skip_frames, float(hand_weight), _CPP_DTYPE_CODES[pred.dtype],
+        _CPP_DTYPE_CODES[mask.dtype] if mask is not None else 0, torch.get_num_threads(),
+    )
+    return grad

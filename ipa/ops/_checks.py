@@ -1,0 +1,93 @@
+"""Input validation for `ipa.ops`: every error names the argument and what was expected."""
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MASK_DTYPES = FLOAT_DTYPES + (torch.bool, torch.uint8)
+
+
+def _fail(msg):
+    raise ValueError(msg)
+
+
+def check_prediction(name, x):
+    if not isinstance(x, torch.Tensor):
+        _fail(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        _fail(f"{name} must be floating point (float16, bfloat16, float32 or float64), got {x.dtype}")
+    if x.dim() != 5:
+        _fail(f"{name} must be a latent tensor [B, C, F, H, W], got shape {tuple(x.shape)}")
+
+
+def check_like(name, x, ref_name, ref):
+    """`x` must have exactly the shape and device of `ref` (a validated prediction)."""
+    check_prediction(name, x)
+    if x.shape != ref.shape:
+        _fail(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(x.shape)}")
+    check_device(name, x, ref_name, ref)
+
+
+def check_device(name, x, ref_name, ref):
+    if x.device != ref.device:
+        _fail(f"{name} is on {x.device} but {ref_name} is on {ref.device}; put them on one device")
+
+
+def check_scalars(hand_weight, skip_frames, num_frames):
+    if not isinstance(hand_weight, (int, float)) or not math.isfinite(hand_weight) or hand_weight < 0:
+        _fail(f"hand_weight must be a finite number >= 0, got {hand_weight!r}")
+    if not isinstance(skip_frames, int) or isinstance(skip_frames, bool) or not 0 <= skip_frames <= num_frames:
+        _fail(f"skip_frames must be an int in [0, F={num_frames}], got {skip_frames!r}")
+
+
+def normalize_mask(name, mask, pred, skip_frames):
+    """Hand mask as [B, F - skip_frames, H, W] on pred's device (a view, never a copy)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        _fail(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype not in MASK_DTYPES:
+        _fail(f"{name} must be float, bool or uint8, got {mask.dtype}")
+    B, _, F, H, W = pred.shape
+    expected = (B, F - skip_frames, H, W)
+    if mask.dim() == 5:
+        if mask.shape[1] != 1:
+            _fail(f"{name} with 5 dims must be [B, 1, F - skip_frames, H, W] = "
+                  f"{(B, 1) + expected[1:]}, got {tuple(mask.shape)}")
+        mask = mask.squeeze(1)
+    if mask.dim() != 4:
+        _fail(f"{name} must be [B, F - skip_frames, H, W] = {expected}, got shape {tuple(mask.shape)}")
+    if mask.shape[0] != B:
+        _fail(f"{name} batch must be {B} (as the predictions), got {mask.shape[0]}")
+    if mask.shape[1] != F - skip_frames:
+        _fail(f"{name} must have F - skip_frames = {F} - {skip_frames} = {F - skip_frames} frames, "
+              f"got {mask.shape[1]} (shape {tuple(mask.shape)})")
+    if tuple(mask.shape[2:]) != (H, W):
+        _fail(f"{name} spatial size must be (H, W) = {(H, W)} of the latent grid, got {tuple(mask.shape[2:])}")
+    check_device(name, mask, "model_pred", pred)
+    return mask
+
+
+def check_per_sample(name, x, batch, pred, *, unit_interval=False):
+    """A float [B] tensor on pred's device; optionally with values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        _fail(f"{name} must be a torch.Tensor of shape ({batch},), got {type(x).__name__}")
+    if x.shape != (batch,):
+        _fail(f"{name} must have shape (B,) = ({batch},), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        _fail(f"{name} must be floating point, got {x.dtype}")
+    check_device(name, x, "model_pred", pred)
+    # Range check on CPU only: on CUDA it would cost a device sync per call. NaN passes (and
+    # yields a NaN loss); it is skipped while compiling (data-dependent).
+    if unit_interval and x.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(((x < 0) | (x > 1)).any()):
+            _fail(f"{name} must be normalized to [0, 1] (s = timestep / 1000), got values in "
+                  f"[{x.min().item():.4g}, {x.max().item():.4g}]")
+    return x
+
+
+def exactly_one(a_name, a, b_name, b):
+    if (a is None) == (b is None):
+        _fail(f"pass exactly one of {a_name} (the frozen model's prediction) or {b_name} "
+              f"(precomputed per-sample reference error), got {'both' if a is not None else 'neither'}")

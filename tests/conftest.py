@@ -1,0 +1,34 @@
+"""Shared test setup.
+
+Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors: TRITON_INTERPRET
+must be set before any kernel is defined, hence here, before `ipa` is imported by a test module.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("IPA_SHARED_DIR", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    """../shared beside the checkout (override with IPA_SHARED_DIR); skip clearly if absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data folder {SHARED} is absent (set IPA_SHARED_DIR to its path)")
+    return SHARED
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -25,7 +25,8 @@ import triton.language as tl
 @triton.jit
 def _halo_weight(mask_ptr, b, f, offs, in_bounds, mask_frames, skip, HW, lam1, ACC: tl.constexpr):
     # Frames before `skip` are never hand-weighted; their mask load is switched off entirely.
-    use_mask = in_bounds & (f >= skip)
+    # (f broadcast to a block first: Triton's interpreter rejects block & scalar-bool masks.)
+    use_mask = in_bounds & (tl.zeros_like(offs) + f >= skip)
     mask_plane = (b * mask_frames + tl.maximum(f - skip, 0)).to(tl.int64) * HW
     m = tl.load(mask_ptr + mask_plane + offs, mask=use_mask, other=0).to(ACC)
     m = tl.where(m < 0, 0.0, m)

@@ -114,14 +114,15 @@ def forward(backend, pred, ref, target, mask, hand_weight, skip_frames):
     if backend == "triton":
         return _load("triton").halo_forward(pred, ref, target, mask, hand_weight, skip_frames)
     B, C, F, H, W = pred.shape
-    out = torch.empty(2, B, dtype=torch.float64)
+    # Two buffers, not two views of one: custom-op outputs must not alias each other.
+    out, out_ref = torch.empty(B, dtype=torch.float64), torch.empty(B, dtype=torch.float64)
     _load("cpp").halo_forward(
-        _ptr(pred), _ptr(ref), _ptr(target), _ptr(mask), out[0].data_ptr(), out[1].data_ptr(),
+        _ptr(pred), _ptr(ref), _ptr(target), _ptr(mask), out.data_ptr(), out_ref.data_ptr(),
         B, C, F, H * W, skip_frames, float(hand_weight), _CPP_DTYPE_CODES[pred.dtype],
         _CPP_DTYPE_CODES[mask.dtype] if mask is not None else 0, torch.get_num_threads(),
     )
-    out = out.to(acc_dtype(pred.dtype))
-    return out[0], (out[1] if ref is not None else None)
+    acc = acc_dtype(pred.dtype)
+    return out.to(acc), (out_ref.to(acc) if ref is not None else None)
 
 
 def backward(backend, grad_err, pred, target, mask, hand_weight, skip_frames):

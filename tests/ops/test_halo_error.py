@@ -1,0 +1,166 @@
+"""`ipa.ops.halo_error` / `halo_errors` on every backend against `ipa.ops.reference`."""
+
+import pytest
+import torch
+
+from ipa.ops import HaloError, available_backends, halo_error, halo_errors, reference
+
+BACKENDS = ["torch", "cpp", "triton"]
+ODD = (3, 5, 7, 13, 31)  # B, C, F, H, W: nothing a power of two
+
+
+def _need(backend):
+    if backend not in available_backends("cpu"):
+        pytest.skip(f"backend {backend} unavailable on CPU here: {available_backends('cpu')}")
+
+
+def make_inputs(shape=ODD, dtype=torch.float32, mask="float", skip=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B, C, F, H, W = shape
+    pred = torch.randn(shape, generator=g).to(dtype)
+    ref = torch.randn(shape, generator=g).to(dtype)
+    target = torch.randn(shape, generator=g).to(dtype)
+    mshape = (B, F - skip, H, W)
+    if mask is None:
+        m = None
+    elif mask == "float":  # values outside [0, 1] exercise the clamp
+        m = torch.rand(mshape, generator=g) * 1.4 - 0.2
+    elif mask == "bool":
+        m = torch.rand(mshape, generator=g) > 0.7
+    elif mask == "uint8":
+        m = (torch.rand(mshape, generator=g) > 0.7).to(torch.uint8)
+    elif mask == "5d":
+        m = torch.rand(mshape, generator=g).unsqueeze(1)
+    return pred, ref, target, m
+
+
+def reference_err_and_grad(pred, target, mask, skip, dtype=torch.float64):
+    p = pred.detach().to(dtype).requires_grad_()
+    m = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
+    err = reference.halo_error(p, target.to(dtype), m, hand_weight=10.0, skip_frames=skip)
+    g = torch.linspace(0.5, 1.5, err.shape[0], dtype=dtype)
+    (err * g).sum().backward()
+    return err.detach(), p.grad, g
+
+
+def ours_err_and_grad(pred, target, mask, skip, backend, g):
+    p = pred.detach().clone().requires_grad_()
+    err = halo_error(p, target, mask, hand_weight=10.0, skip_frames=skip, backend=backend)
+    (err * g.to(err.dtype)).sum().backward()
+    return err.detach(), p.grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mask", [None, "float", "bool", "uint8", "5d"])
+@pytest.mark.parametrize("skip", [0, 1])
+def test_fp32_matches_reference(backend, mask, skip):
+    _need(backend)
+    pred, _, target, m = make_inputs(mask=mask, skip=skip)
+    want, want_grad, g = reference_err_and_grad(pred, target, m, skip, dtype=torch.float32)
+    got, got_grad = ours_err_and_grad(pred, target, m, skip, backend, g)
+    assert got.dtype == torch.float32 and got.shape == (ODD[0],)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    assert got_grad.dtype == torch.float32
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("skip", [0, 1])
+def test_low_precision_within_twice_eager_error(backend, dtype, skip):
+    """Forward and gradient errors against fp64 are at most 2x those of eager PyTorch in `dtype`."""
+    _need(backend)
+    pred, _, target, m = make_inputs(dtype=dtype, skip=skip)
+    truth, truth_grad, g = reference_err_and_grad(pred, target, m, skip)
+    eager, eager_grad, _ = reference_err_and_grad(pred, target, m.to(dtype), skip, dtype=dtype)
+    got, got_grad = ours_err_and_grad(pred, target, m, skip, backend, g)
+    assert got_grad.dtype == dtype
+
+    def worst(x, ref):
+        return (x.double() - ref).abs().max().item()
+
+    assert worst(got, truth) <= 2 * worst(eager, truth) + 1e-7 * truth.abs().max().item()
+    assert worst(got_grad, truth_grad) <= 2 * worst(eager_grad, truth_grad) + 1e-12
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_gradcheck_fp64(backend):
+    _need(backend)
+    pred, _, target, m = make_inputs((2, 2, 3, 3, 5), dtype=torch.float64, mask="float")
+    pred.requires_grad_()
+    target.requires_grad_()
+    m = m.double()
+
+    def fn(p, t):
+        return halo_error(p, t, m, hand_weight=7.0, skip_frames=1, backend=backend)
+
+    assert fn(pred, target).dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, (pred, target))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_reference_error_in_same_pass(backend):
+    _need(backend)
+    pred, ref, target, m = make_inputs(mask="bool")
+    ref.requires_grad_()
+    err, err_ref = halo_errors(pred, target, m, ref_pred=ref, backend=backend)
+    torch.testing.assert_close(err, reference.halo_error(pred, target, m), rtol=1e-5, atol=0)
+    torch.testing.assert_close(err_ref, reference.halo_error(ref.detach(), target, m), rtol=1e-5, atol=0)
+    assert not err_ref.requires_grad  # the frozen prediction never receives a gradient
+    assert halo_errors(pred, target, m, backend=backend)[1] is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend):
+    _need(backend)
+    pred, _, target, m = make_inputs((2, 3, 4, 6, 5))
+    # Same values, permuted storage: a channels-last-like view and a strided slice.
+    pred_nc = pred.permute(0, 2, 1, 3, 4).contiguous().permute(0, 2, 1, 3, 4)
+    big_target = torch.zeros(2, 3, 4, 6, 10)
+    big_target[..., ::2] = target
+    target_nc = big_target[..., ::2]
+    m_nc = m.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not (pred_nc.is_contiguous() or target_nc.is_contiguous() or m_nc.is_contiguous())
+    want, want_grad, g = reference_err_and_grad(pred, target, m, 1, dtype=torch.float32)
+    got, got_grad = ours_err_and_grad(pred_nc, target_nc, m_nc, 1, backend, g)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_propagates(backend):
+    _need(backend)
+    for which in ("pred", "target", "mask"):
+        pred, _, target, m = make_inputs((2, 2, 3, 4, 5))
+        {"pred": pred, "target": target, "mask": m}[which][1, 0, 1, 2] = float("nan")
+        err = halo_error(pred, target, m, backend=backend)
+        assert torch.isnan(err[1]), which
+        assert torch.isfinite(err[0]), which
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_deterministic(backend):
+    _need(backend)
+    pred, _, target, m = make_inputs((2, 16, 5, 30, 52), dtype=torch.bfloat16)
+    a = halo_error(pred, target, m, backend=backend)
+    b = halo_error(pred, target, m, backend=backend)
+    assert torch.equal(a, b)
+
+
+def test_hand_weight_one_is_plain_mse_and_weights_hands():
+    pred, _, target, _ = make_inputs((2, 2, 3, 4, 5))
+    ones = torch.ones(2, 2, 4, 5)
+    mse = ((pred - target) ** 2).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(halo_error(pred, target, ones, hand_weight=1.0), mse)
+    torch.testing.assert_close(halo_error(pred, target, None), mse)
+    # All-hand mask on frames >= 1: those frames weigh 10x, frame 0 weighs 1x.
+    sq = (pred - target) ** 2
+    want = (sq[:, :, :1].sum(dim=(1, 2, 3, 4)) + 10 * sq[:, :, 1:].sum(dim=(1, 2, 3, 4))) / sq[0].numel()
+    torch.testing.assert_close(halo_error(pred, target, ones, hand_weight=10.0), want)
+
+
+def test_module_wrapper():
+    pred, _, target, m = make_inputs((2, 2, 3, 4, 5))
+    mod = HaloError(hand_weight=4.0, skip_frames=1)
+    assert "hand_weight=4.0" in repr(mod)
+    torch.testing.assert_close(mod(pred, target, m), halo_error(pred, target, m, hand_weight=4.0))

@@ -1,0 +1,154 @@
+"""IPA, SFT and DPO losses on every backend against `ipa.ops.reference`, plus the IPA identities."""
+
+import math
+
+import pytest
+import torch
+
+from ipa.ops import (FlowDPOLoss, FlowIPALoss, FlowSFTLoss, flow_dpo_loss, flow_ipa_loss,
+                     flow_sft_loss, halo_error, reference)
+
+from .test_halo_error import BACKENDS, _need, make_inputs
+
+SHAPE = (4, 3, 5, 6, 7)
+
+
+def timesteps(b, seed=1):
+    return torch.rand(b, generator=torch.Generator().manual_seed(seed))
+
+
+def _leaf(x):
+    return x.detach().clone().requires_grad_()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("beta", [600.0, 5.0])
+def test_ipa_matches_reference(backend, beta):
+    _need(backend)
+    pred, ref, target, m = make_inputs(SHAPE)
+    ref = pred + 0.05 * ref  # a close reference, so logits are O(1) and gradients are not saturated
+    t = timesteps(SHAPE[0])
+    p_ours, p_ref = _leaf(pred), _leaf(pred.double())
+    loss, metrics = flow_ipa_loss(p_ours, target, t, m, ref_pred=ref, beta=beta, backend=backend)
+    want = reference.flow_ipa_loss(p_ref, target.double(), t.double(), m.double(), ref_pred=ref.double(), beta=beta)
+    torch.testing.assert_close(loss.double(), want, rtol=2e-5, atol=1e-7)
+    loss.backward()
+    want.backward()
+    torch.testing.assert_close(p_ours.grad.double(), p_ref.grad, rtol=1e-4, atol=1e-9)
+
+    err = reference.halo_error(pred.double(), target.double(), m.double())
+    err_ref = reference.halo_error(ref.double(), target.double(), m.double())
+    torch.testing.assert_close(metrics["model_error"].double(), err.mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(metrics["reference_error"].double(), err_ref.mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(metrics["ipa_gap"].double(), (err_ref - err).mean(), rtol=1e-4, atol=1e-7)
+    assert metrics["implicit_accuracy"].item() == (err_ref > err).double().mean().item()
+    assert not any(v.requires_grad for v in metrics.values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_zero_is_exactly_log2(backend, dtype):
+    """Policy == reference (step 0): every logit is 0 and the loss is log 2 to the last bit."""
+    _need(backend)
+    pred, _, target, m = make_inputs(SHAPE, dtype=dtype)
+    t = timesteps(SHAPE[0])
+    loss, metrics = flow_ipa_loss(pred, target, t, m, ref_pred=pred.clone(), backend=backend)
+    assert loss.item() == torch.tensor(math.log(2), dtype=torch.float32).item()
+    assert metrics["ipa_gap"].item() == 0.0 and metrics["implicit_accuracy"].item() == 0.0
+    # Same with the reference error precomputed by the same kernel.
+    ref_error = halo_error(pred, target, m, backend=backend)
+    loss2, _ = flow_ipa_loss(pred, target, t, m, ref_error=ref_error, backend=backend)
+    assert loss2.item() == loss.item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_precomputed_reference_equals_online(backend):
+    _need(backend)
+    pred, ref, target, m = make_inputs(SHAPE)
+    t = timesteps(SHAPE[0])
+    online, _ = flow_ipa_loss(pred, target, t, m, ref_pred=ref, backend=backend)
+    pre = halo_error(ref, target, m, backend=backend)
+    offline, _ = flow_ipa_loss(pred, target, t, m, ref_error=pre, backend=backend)
+    assert online.item() == offline.item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ipa_gradient_sign_rewards_beating_reference(backend):
+    """A gradient step on the policy lowers its error below the reference's: gap turns positive."""
+    _need(backend)
+    pred, _, target, m = make_inputs(SHAPE)
+    p = _leaf(pred)
+    t = torch.zeros(SHAPE[0])
+    loss, _ = flow_ipa_loss(p, target, t, m, ref_pred=pred, beta=1.0, backend=backend)
+    loss.backward()
+    with torch.no_grad():
+        p2 = p - 0.5 * p.grad / p.grad.abs().max()
+    _, metrics = flow_ipa_loss(p2, target, t, m, ref_pred=pred, beta=1.0, backend=backend)
+    assert metrics["ipa_gap"].item() > 0 and metrics["implicit_accuracy"].item() == 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sft_matches_reference(backend):
+    _need(backend)
+    pred, _, target, m = make_inputs(SHAPE)
+    p, q = _leaf(pred), _leaf(pred.double())
+    loss, metrics = flow_sft_loss(p, target, m, hand_weight=3.0, backend=backend)
+    want = reference.flow_sft_loss(q, target.double(), m.double(), hand_weight=3.0)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=0)
+    loss.backward()
+    want.backward()
+    torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-5, atol=1e-10)
+    assert metrics["model_error"].item() == loss.item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dpo_matches_reference(backend):
+    _need(backend)
+    pw, rw, tw, mw = make_inputs(SHAPE, seed=1)
+    pl, rl, tl, ml = make_inputs(SHAPE, seed=2)
+    rw, rl = pw + 0.05 * rw, pl + 0.05 * rl
+    a, b = _leaf(pw), _leaf(pl)
+    loss, metrics = flow_dpo_loss(a, b, tw, tl, mw, ml, ref_pred_w=rw, ref_pred_l=rl, beta=50.0, backend=backend)
+    a64, b64 = _leaf(pw.double()), _leaf(pl.double())
+    want = reference.flow_dpo_loss(a64, b64, tw.double(), tl.double(), mw.double(), ml.double(),
+                                   ref_pred_w=rw.double(), ref_pred_l=rl.double(), beta=50.0)
+    torch.testing.assert_close(loss.double(), want, rtol=2e-5, atol=1e-7)
+    loss.backward()
+    want.backward()
+    torch.testing.assert_close(a.grad.double(), a64.grad, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-4, atol=1e-9)
+    assert 0.0 <= metrics["implicit_accuracy"].item() <= 1.0
+    # Precomputed reference errors give the same loss.
+    ew, el = halo_error(rw, tw, mw, backend=backend), halo_error(rl, tl, ml, backend=backend)
+    loss2, _ = flow_dpo_loss(pw, pl, tw, tl, mw, ml, ref_error_w=ew, ref_error_l=el, beta=50.0, backend=backend)
+    assert loss2.item() == loss.item()
+
+
+def test_nan_anywhere_gives_nan_loss():
+    pred, ref, target, m = make_inputs(SHAPE)
+    t = timesteps(SHAPE[0])
+    cases = {"model_pred": pred, "ref_pred": ref, "target": target, "hand_mask": m, "timesteps": t}
+    for name, tensor in cases.items():
+        tensor = tensor.clone()
+        tensor.view(-1)[3] = float("nan")
+        kw = dict(model_pred=pred, ref_pred=ref, target=target, hand_mask=m, timesteps=t)
+        kw[name] = tensor
+        loss, _ = flow_ipa_loss(kw["model_pred"], kw["target"], kw["timesteps"], kw["hand_mask"],
+                                ref_pred=kw["ref_pred"])
+        assert torch.isnan(loss), name
+    ref_error = torch.tensor([0.1, float("nan"), 0.2, 0.3])
+    assert torch.isnan(flow_ipa_loss(pred, target, t, m, ref_error=ref_error)[0])
+
+
+def test_modules_equal_functional():
+    pred, ref, target, m = make_inputs(SHAPE)
+    t = timesteps(SHAPE[0])
+    ipa = FlowIPALoss(beta=100.0, hand_weight=5.0)
+    assert "beta=100.0" in repr(ipa)
+    assert ipa(pred, target, t, m, ref_pred=ref)[0].item() == \
+        flow_ipa_loss(pred, target, t, m, ref_pred=ref, beta=100.0, hand_weight=5.0)[0].item()
+    assert FlowSFTLoss(hand_weight=1.0)(pred, target, m)[0].item() == \
+        flow_sft_loss(pred, target, None)[0].item()
+    dpo = FlowDPOLoss(beta=10.0)
+    assert dpo(pred, ref, target, target, m, m, ref_pred_w=ref, ref_pred_l=pred)[0].item() == \
+        flow_dpo_loss(pred, ref, target, target, m, m, ref_pred_w=ref, ref_pred_l=pred, beta=10.0)[0].item()

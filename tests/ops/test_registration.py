@@ -1,0 +1,125 @@
+"""torch.library registration (opcheck, torch.compile), backend choice, bad input, isolation."""
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import ipa.ops._backends as backends
+from ipa.ops import available_backends, flow_ipa_loss, halo_error, reference
+
+from .test_halo_error import BACKENDS, _need, make_inputs
+
+SHAPE = (2, 3, 4, 5, 7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_opcheck(backend, with_ref):
+    _need(backend)
+    pred, ref, target, m = make_inputs(SHAPE, mask="bool")
+    pred.requires_grad_()
+    args = (pred, ref if with_ref else None, target, m, 10.0, 1, backend)
+    torch.library.opcheck(torch.ops.ipa.halo_error_fwd.default, args)
+    grad = torch.rand(SHAPE[0])
+    torch.library.opcheck(torch.ops.ipa.halo_error_bwd.default, (grad, pred.detach(), target, m, 10.0, 1, backend))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_no_graph_break():
+    """The whole IPA loss, forward and backward, compiles as one graph around the custom ops."""
+    _need("cpp")
+    pred, ref, target, m = make_inputs(SHAPE)
+    t = torch.rand(SHAPE[0])
+
+    def step(p, r, tgt, ts, mask):
+        loss, metrics = flow_ipa_loss(p, tgt, ts, mask, ref_pred=r, beta=600.0, backend="cpp")
+        return loss, metrics["ipa_gap"]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    loss_c, gap_c = compiled(p1, ref, target, t, m)
+    loss_e, gap_e = step(p2, ref, target, t, m)
+    torch.testing.assert_close(loss_c, loss_e)
+    torch.testing.assert_close(gap_c, gap_e)
+    loss_c.backward()
+    loss_e.backward()
+    torch.testing.assert_close(p1.grad, p2.grad)
+    explain = torch._dynamo.explain(step)(pred, ref, target, t, m)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1
+
+
+def test_auto_backend_choice_and_fallback_warning(monkeypatch):
+    assert backends.resolve_backend("auto", torch.device("cpu")) == "cpp"
+    assert backends.resolve_backend("auto", torch.device("meta")) == "torch"
+    monkeypatch.setitem(backends._status, "cpp", None)
+    monkeypatch.setitem(backends._import_errors, "cpp", "ImportError: pretend it is not built")
+    monkeypatch.setattr(backends, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="cpp backend is unavailable"):
+        assert backends.resolve_backend("auto", torch.device("cpu")) == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        assert backends.resolve_backend("auto", torch.device("cpu")) == "torch"
+    pred, _, target, m = make_inputs(SHAPE)
+    torch.testing.assert_close(halo_error(pred, target, m), reference.halo_error(pred, target, m))
+
+
+def test_unavailable_backend_errors_list_alternatives(monkeypatch):
+    with pytest.raises(ValueError, match=r"backend='cpp' cannot run on cuda.*available"):
+        backends.resolve_backend("cpp", torch.device("cuda"))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backends.resolve_backend("cuda", torch.device("cpu"))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "triton" not in available_backends("cpu")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        backends.resolve_backend("triton", torch.device("cpu"))
+
+
+def _bad_input_cases():
+    pred, ref, target, m = make_inputs(SHAPE)
+    t = torch.rand(SHAPE[0])
+    B, C, F, H, W = SHAPE
+    ok = dict(model_pred=pred, target=target, timesteps=t, hand_mask=m, ref_pred=ref)
+    return [
+        (dict(target=target[:, :, :-1]), "target must have the shape of model_pred"),
+        (dict(hand_mask=torch.rand(B, F, H, W)), r"hand_mask must have F - skip_frames = 4 - 1 = 3 frames"),
+        (dict(hand_mask=torch.rand(B + 1, F - 1, H, W)), "hand_mask batch must be 2"),
+        (dict(hand_mask=torch.rand(B, F - 1, H, W + 1)), r"hand_mask spatial size must be \(H, W\)"),
+        (dict(hand_mask=torch.rand(B, 2, F - 1, H, W)), r"hand_mask with 5 dims must be \[B, 1"),
+        (dict(hand_mask=torch.randint(0, 3, (B, F - 1, H, W))), "hand_mask must be float, bool or uint8"),
+        (dict(timesteps=torch.rand(B, 1)), r"timesteps must have shape \(B,\) = \(2,\)"),
+        (dict(timesteps=torch.tensor([0.5, 1.5])), r"timesteps must be normalized to \[0, 1\]"),
+        (dict(timesteps=torch.tensor([0.5, -0.1])), r"timesteps must be normalized to \[0, 1\]"),
+        (dict(timesteps=torch.tensor([500, 999])), "timesteps must be floating point"),
+        (dict(ref_pred=None), "exactly one of ref_pred .* or ref_error .*got neither"),
+        (dict(ref_error=torch.rand(B)), "exactly one of ref_pred .* or ref_error .*got both"),
+        (dict(ref_pred=None, ref_error=torch.rand(B + 1)), r"ref_error must have shape \(B,\)"),
+        (dict(model_pred=pred.long(), target=target.long()), "model_pred must be floating point"),
+        (dict(model_pred=pred[0]), r"model_pred must be a latent tensor \[B, C, F, H, W\]"),
+        (dict(target=target.to("meta")), "target is on meta but model_pred is on cpu"),
+        (dict(hand_mask=m.to("meta")), "hand_mask is on meta but model_pred is on cpu"),
+        (dict(beta=0.0), "beta must be a number > 0"),
+        (dict(skip_frames=5, hand_mask=None), r"skip_frames must be an int in \[0, F=4\]"),
+        (dict(hand_weight=float("inf")), "hand_weight must be a finite number >= 0"),
+    ], ok
+
+
+@pytest.mark.parametrize("case", range(len(_bad_input_cases()[0])))
+def test_bad_input_names_the_argument(case):
+    cases, ok = _bad_input_cases()
+    override, match = cases[case]
+    kw = {**ok, **override}
+    args = (kw.pop("model_pred"), kw.pop("target"), kw.pop("timesteps"), kw.pop("hand_mask"))
+    with pytest.raises(ValueError, match=match):
+        flow_ipa_loss(*args, **kw)
+
+
+def test_ops_import_nothing_else_of_ipa():
+    """Other projects import `ipa.ops` alone: it must not pull in models, training, data, ..."""
+    code = ("import sys, ipa.ops; "
+            "bad = [m for m in sys.modules if m.startswith('ipa.') and not m.startswith(('ipa.ops', 'ipa._C'))]; "
+            "print(bad); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

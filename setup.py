@@ -18,7 +18,7 @@ from setuptools import find_packages, setup
 
 extra_compile_args = ["-O3", "-fopenmp", "-fno-math-errno"]
 if os.environ.get("IPA_BUILD_NATIVE") == "1":
-    extra_compile_args.append("-march=native")
+    extra_compile_args += ["-march=native", "-mprefer-vector-width=512"]
 
 ext_modules = [
     Pybind11Extension(

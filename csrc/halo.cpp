@@ -24,7 +24,6 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -38,7 +37,9 @@ enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3, kUIn
 
 constexpr int64_t kChunk = 2048;
 
-struct bf16 { uint16_t bits; };
+// bf16 travels as its raw bits; conversions are bit casts the vectorizer understands (a struct
+// wrapper with memcpy kept GCC from vectorizing the backward loop).
+using bf16 = uint16_t;
 using f16 = _Float16;
 
 // Loads convert to the accumulation type; stores round from it (round-to-nearest-even for bf16,
@@ -48,23 +49,17 @@ template <typename A> inline A load(const double* p, int64_t i) { return A(p[i])
 template <typename A> inline A load(const f16* p, int64_t i) { return A(float(p[i])); }
 template <typename A> inline A load(const uint8_t* p, int64_t i) { return A(p[i]); }
 template <typename A> inline A load(const bf16* p, int64_t i) {
-  uint32_t u = uint32_t(p[i].bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return A(f);
+  return A(__builtin_bit_cast(float, uint32_t(p[i]) << 16));
 }
 
 template <typename A> inline void store(float* p, int64_t i, A v) { p[i] = float(v); }
 template <typename A> inline void store(double* p, int64_t i, A v) { p[i] = double(v); }
 template <typename A> inline void store(f16* p, int64_t i, A v) { p[i] = f16(float(v)); }
 template <typename A> inline void store(bf16* p, int64_t i, A v) {
-  float f = float(v);
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  uint16_t out = ((u & 0x7fffffffu) > 0x7f800000u)
-                     ? uint16_t((u >> 16) | 0x40u)
-                     : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  p[i].bits = out;
+  const uint32_t u = __builtin_bit_cast(uint32_t, float(v));
+  const uint32_t nan = (u >> 16) | 0x40u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  p[i] = bf16(((u & 0x7fffffffu) > 0x7f800000u) ? nan : rounded);
 }
 
 template <typename A> inline A clamp01(A v) { return v < A(0) ? A(0) : (v > A(1) ? A(1) : v); }

@@ -1,0 +1,128 @@
+"""Shared benchmark plumbing: device facts, timing, peak memory, CSV rows, result paths."""
+
+import csv
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def device_slug(device):
+    """Short file-name tag: 'cpu', or the GPU model such as 'h100'."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    m = re.search(r"\b([a-z]\d{2,4}[a-z]?)\b", name)
+    return m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+
+
+def versions():
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+        out["triton"] = triton.__version__
+    except ImportError:
+        out["triton"] = "none"
+    import ipa
+    out["ipa"] = ipa.__version__
+    return out
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2):
+    """Median and 10th/90th percentile wall time (ms) of `fn()` after warm-up.
+
+    On CUDA each call is bracketed by events; on CPU by perf_counter (the ops are synchronous).
+    Repeats until `budget_s` is spent, within [min_reps, max_reps].
+    """
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start_all < budget_s):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return statistics.median(times), q[0], q[-1], len(times)
+
+
+def peak_extra_bytes(fn, device):
+    """Peak bytes allocated by one call of `fn()` beyond what was live before it.
+
+    CUDA: the caching allocator's peak counter. CPU: the profiler's allocation trace, replayed in
+    time order (each event's own allocations minus frees).
+    """
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    total = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        total += e.self_cpu_memory_usage
+        peak = max(peak, total)
+    return peak
+
+
+def copy_bandwidth(nbytes, device):
+    """Achieved GB/s of a device-to-device copy of `nbytes` (bytes read + bytes written)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    med, *_ = time_fn(lambda: dst.copy_(src), device, min_reps=5, budget_s=1.0)
+    return 2 * src.numel() * 4 / (med * 1e-3) / 1e9
+
+
+def write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written results file
+
+
+def print_table(rows, columns):
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r[c]).rjust(widths[c]) for c in columns))

@@ -66,14 +66,10 @@ def _backward(ctx, grad_err, _grad_err_ref):
 _halo_error_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def halo_errors(pred, target, hand_mask=None, *, ref_pred=None, hand_weight=10.0, skip_frames=1,
-                backend="auto", pred_name="model_pred"):
-    """Per-sample HALO errors of `pred` and, in the same pass, of the frozen `ref_pred`.
-
-    Returns `(err [B], err_ref [B] or None)`, float32 (float64 for float64 inputs). Only `pred`
-    (and `target`) receive gradients; `ref_pred` is treated as a constant. `target` and
-    `ref_pred` are cast to pred's dtype if they differ.
-    """
+def prepare_inputs(pred, target, hand_mask, ref_pred, hand_weight, skip_frames, backend,
+                   pred_name="model_pred"):
+    """Validate the tensors every HALO op takes; returns what the custom ops want:
+    (target and ref_pred in pred's dtype, ref_pred detached, mask as [B, F - skip, H, W], backend)."""
     _checks.check_prediction(pred_name, pred)
     _checks.check_like("target", target, pred_name, pred)
     if ref_pred is not None:
@@ -82,8 +78,20 @@ def halo_errors(pred, target, hand_mask=None, *, ref_pred=None, hand_weight=10.0
     _checks.check_scalars(hand_weight, skip_frames, pred.shape[2])
     hand_mask = _checks.normalize_mask("hand_mask", hand_mask, pred, skip_frames)
     backend = _backends.resolve_backend(backend, pred.device)
-    err, err_ref = _halo_error_fwd(pred, ref_pred, target.to(pred.dtype), hand_mask,
-                                   float(hand_weight), skip_frames, backend)
+    return target.to(pred.dtype), ref_pred, hand_mask, backend
+
+
+def halo_errors(pred, target, hand_mask=None, *, ref_pred=None, hand_weight=10.0, skip_frames=1,
+                backend="auto", pred_name="model_pred"):
+    """Per-sample HALO errors of `pred` and, in the same pass, of the frozen `ref_pred`.
+
+    Returns `(err [B], err_ref [B] or None)`, float32 (float64 for float64 inputs). Only `pred`
+    (and `target`) receive gradients; `ref_pred` is treated as a constant. `target` and
+    `ref_pred` are cast to pred's dtype if they differ.
+    """
+    target, ref_pred, hand_mask, backend = prepare_inputs(
+        pred, target, hand_mask, ref_pred, hand_weight, skip_frames, backend, pred_name)
+    err, err_ref = _halo_error_fwd(pred, ref_pred, target, hand_mask, float(hand_weight), skip_frames, backend)
     return err, (err_ref if ref_pred is not None else None)
 
 

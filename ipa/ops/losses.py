@@ -1,15 +1,22 @@
 """Flow-matching preference losses on the fused HALO error: IPA, and the SFT and DPO baselines.
 
-The heavy part of each loss (reading the [B, C, F, H, W] predictions) is the fused
-`halo_errors` op; what remains is a head over B scalars, kept in PyTorch. Each loss returns
-`(loss, metrics)` where metrics are detached 0-dim tensors (no host sync).
+The heavy part of each loss (reading the [B, C, F, H, W] predictions) is the fused HALO error
+kernel; what remains is a head over B scalars. IPA and SFT run as one custom op each way
+(`halo_loss.py`); DPO, a baseline, composes two `halo_errors` calls with its head in PyTorch.
+Each loss returns `(loss, metrics)` where metrics are detached 0-dim tensors (no host sync).
 """
 
 import torch
 import torch.nn.functional as F
 
 from . import _checks
-from .halo_error import halo_errors
+from .halo_error import halo_errors, prepare_inputs
+from .halo_loss import halo_loss
+
+
+def _check_beta(beta):
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 < beta < float("inf")):
+        raise ValueError(f"beta must be a number > 0, got {beta!r}")
 
 
 def _reference_error(name, ref_error, pred, err):
@@ -38,25 +45,17 @@ def flow_ipa_loss(model_pred, target, timesteps, hand_mask=None, *, ref_pred=Non
         `logit` (mean preference logit). With model_pred == ref_pred the loss is exactly log 2.
     """
     _checks.exactly_one("ref_pred", ref_pred, "ref_error", ref_error)
-    if not (isinstance(beta, (int, float)) and beta > 0):
-        raise ValueError(f"beta must be a number > 0, got {beta!r}")
-    err, err_ref = halo_errors(model_pred, target, hand_mask, ref_pred=ref_pred,
-                               hand_weight=hand_weight, skip_frames=skip_frames, backend=backend)
-    if err_ref is None:
-        err_ref = _reference_error("ref_error", ref_error, model_pred, err)
-    t = _checks.check_per_sample("timesteps", timesteps, model_pred.shape[0], model_pred,
-                                 unit_interval=True).to(err.dtype)
-    gap = err_ref - err
-    logits = beta / 2 * (1 - t) ** 2 * gap
-    loss = -F.logsigmoid(logits).mean()
-    metrics = {
-        "ipa_gap": gap.mean(),
-        "model_error": err.mean(),
-        "reference_error": err_ref.mean(),
-        "implicit_accuracy": (gap > 0).to(err.dtype).mean(),
-        "logit": logits.mean(),
-    }
-    return loss, {k: v.detach() for k, v in metrics.items()}
+    _check_beta(beta)
+    target, ref_pred, hand_mask, backend = prepare_inputs(
+        model_pred, target, hand_mask, ref_pred, hand_weight, skip_frames, backend)
+    B = model_pred.shape[0]
+    if ref_error is not None:
+        _checks.check_per_sample("ref_error", ref_error, B, model_pred)
+        ref_error = ref_error.detach()
+    timesteps = _checks.check_per_sample("timesteps", timesteps, B, model_pred, unit_interval=True)
+    return halo_loss(model_pred, ref_pred, target, hand_mask, timesteps.detach(), ref_error,
+                     objective="ipa", beta=beta, hand_weight=hand_weight, skip_frames=skip_frames,
+                     backend=backend)
 
 
 def flow_sft_loss(model_pred, target, hand_mask=None, *, hand_weight=10.0, skip_frames=1, backend="auto"):
@@ -64,10 +63,10 @@ def flow_sft_loss(model_pred, target, hand_mask=None, *, hand_weight=10.0, skip_
 
     Returns (loss, {"model_error": ...}). Same arguments as `halo_error`.
     """
-    err, _ = halo_errors(model_pred, target, hand_mask, hand_weight=hand_weight,
-                         skip_frames=skip_frames, backend=backend)
-    loss = err.mean()
-    return loss, {"model_error": loss.detach()}
+    target, _, hand_mask, backend = prepare_inputs(
+        model_pred, target, hand_mask, None, hand_weight, skip_frames, backend)
+    return halo_loss(model_pred, None, target, hand_mask, None, None, objective="sft", beta=1.0,
+                     hand_weight=hand_weight, skip_frames=skip_frames, backend=backend)
 
 
 def flow_dpo_loss(model_pred_w, model_pred_l, target_w, target_l, hand_mask_w=None, hand_mask_l=None,
@@ -84,8 +83,7 @@ def flow_dpo_loss(model_pred_w, model_pred_l, target_w, target_l, hand_mask_w=No
     """
     _checks.exactly_one("ref_pred_w", ref_pred_w, "ref_error_w", ref_error_w)
     _checks.exactly_one("ref_pred_l", ref_pred_l, "ref_error_l", ref_error_l)
-    if not (isinstance(beta, (int, float)) and beta > 0):
-        raise ValueError(f"beta must be a number > 0, got {beta!r}")
+    _check_beta(beta)
     _checks.check_prediction("model_pred_w", model_pred_w)
     _checks.check_like("model_pred_l", model_pred_l, "model_pred_w", model_pred_w)
     kw = dict(hand_weight=hand_weight, skip_frames=skip_frames, backend=backend)

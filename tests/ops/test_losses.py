@@ -34,7 +34,8 @@ def test_ipa_matches_reference(backend, beta):
     torch.testing.assert_close(loss.double(), want, rtol=2e-5, atol=1e-7)
     loss.backward()
     want.backward()
-    torch.testing.assert_close(p_ours.grad.double(), p_ref.grad, rtol=1e-4, atol=1e-9)
+    # fp32 logits carry the cancellation of err_ref - err: compare against the gradient's scale.
+    torch.testing.assert_close(p_ours.grad.double(), p_ref.grad, rtol=1e-4, atol=1e-5 * p_ref.grad.abs().max().item())
 
     err = reference.halo_error(pred.double(), target.double(), m.double())
     err_ref = reference.halo_error(ref.double(), target.double(), m.double())

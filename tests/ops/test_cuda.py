@@ -1,0 +1,87 @@
+"""The compiled Triton kernels on a real GPU (skipped without CUDA; see tests/conftest.py)."""
+
+import math
+
+import pytest
+import torch
+
+from ipa.ops import flow_ipa_loss, flow_sft_loss, halo_error, reference
+from ipa.ops._backends import resolve_backend
+
+from .test_halo_error import ODD, make_inputs, reference_err_and_grad
+
+pytestmark = pytest.mark.cuda
+
+WAN_480P_B2 = (2, 16, 21, 60, 104)
+
+
+def _cuda(*xs):
+    return [x.cuda() if x is not None else None for x in xs]
+
+
+def test_auto_is_triton_on_cuda():
+    assert resolve_backend("auto", torch.device("cuda")) == "triton"
+
+
+@pytest.mark.parametrize("shape", [ODD, WAN_480P_B2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("skip", [0, 1])
+def test_triton_matches_reference_on_gpu(shape, dtype, skip):
+    pred, _, target, m = make_inputs(shape, dtype=dtype, skip=skip)
+    truth, truth_grad, g = reference_err_and_grad(pred, target, m, skip)
+    eager, eager_grad, _ = reference_err_and_grad(pred, target, m.to(dtype), skip, dtype=dtype)
+    p, t, mm = _cuda(pred.detach().clone(), target, m)
+    p.requires_grad_()
+    err = halo_error(p, t, mm, skip_frames=skip)
+    (err * g.to(err).cuda()).sum().backward()
+    err, grad = err.detach().cpu().double(), p.grad.cpu().double()
+    if dtype == torch.float32:
+        torch.testing.assert_close(err, truth, rtol=1e-5, atol=0)
+        torch.testing.assert_close(grad, truth_grad, rtol=1e-5, atol=1e-9)
+    else:
+        assert (err - truth).abs().max() <= 2 * (eager.double() - truth).abs().max() + 1e-7 * truth.abs().max()
+        assert (grad - truth_grad).abs().max() <= 2 * (eager_grad.double() - truth_grad).abs().max() + 1e-12
+
+
+def test_step_zero_is_log2_and_nan_propagates_on_gpu():
+    pred, _, target, m = _cuda(*make_inputs(WAN_480P_B2, dtype=torch.bfloat16))
+    t = torch.rand(pred.shape[0], device="cuda")
+    loss, _ = flow_ipa_loss(pred, target, t, m, ref_pred=pred.clone())
+    assert loss.item() == torch.tensor(math.log(2), dtype=torch.float32).item()
+    target = target.clone()
+    target[1, 3, 4, 5, 6] = float("nan")
+    assert torch.isnan(flow_ipa_loss(pred, target, t, m, ref_pred=pred.clone())[0]).item()
+
+
+def test_losses_compile_fullgraph_on_gpu():
+    pred, ref, target, m = _cuda(*make_inputs((2, 16, 5, 30, 52), dtype=torch.bfloat16))
+    t = torch.rand(2, device="cuda")
+
+    def step(p):
+        return flow_ipa_loss(p, target, t, m, ref_pred=ref)[0] + flow_sft_loss(p, target, m)[0]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    compiled(p1).backward()
+    step(p2).backward()
+    torch.testing.assert_close(p1.grad, p2.grad)
+
+
+def test_int64_offsets_beyond_2_31_elements():
+    """A [1, 16, 330, 640, 640] latent has 2.16e9 > 2^31 elements: int32 offsets would wrap."""
+    shape = (1, 16, 330, 640, 640)
+    n = math.prod(shape)
+    free, _ = torch.cuda.mem_get_info()
+    if free < 3 * n * 2 + 2**30:
+        pytest.skip(f"needs {3 * n * 2 / 2**30:.0f} GiB free GPU memory")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    pred = torch.randn(shape, device="cuda", generator=g, dtype=torch.bfloat16).requires_grad_()
+    target = torch.randn(shape, device="cuda", generator=g, dtype=torch.bfloat16)
+    err = halo_error(pred, target)
+    want = sum(((pred[:, c].detach().float() - target[:, c].float()) ** 2).sum(dtype=torch.float64)
+               for c in range(shape[1])) / n
+    torch.testing.assert_close(err.double().cpu(), want.reshape(1).cpu(), rtol=1e-5, atol=0)
+    err.sum().backward()
+    tail = (2.0 / n) * (pred[0, -1, -1, -1, -8:].detach().float() - target[0, -1, -1, -1, -8:].float())
+    torch.testing.assert_close(pred.grad[0, -1, -1, -1, -8:].float(), tail, rtol=1e-2, atol=0)

@@ -129,11 +129,10 @@ def model_inputs(family, batch, noisy_latents, timesteps, *, config=None):
         "encoder_hidden_states": text.to(dtype),
         "return_dict": False,
     }
-    if config.get("image_dim") is not None or "image_emb" in batch and family != "wan-vace":
-        if config.get("image_dim") is not None:
-            img = _get(batch, "image_emb", family)
-            _expect("image_emb", img, (B, None, config["image_dim"]))
-            kwargs["encoder_hidden_states_image"] = img.to(dtype)
+    if config.get("image_dim") is not None:
+        img = _get(batch, "image_emb", family)
+        _expect("image_emb", img, (B, None, config["image_dim"]))
+        kwargs["encoder_hidden_states_image"] = img.to(dtype)
 
     if family == "wan-vace":
         control = _get(batch, "control", family)

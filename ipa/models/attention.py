@@ -1,0 +1,94 @@
+"""Attention backend choice, mapped onto diffusers' attention dispatcher.
+
+Our names and what runs (diffusers ``AttentionBackendName`` in brackets):
+
+    flash           flash-attn 2 kernels ("flash"); needs the ``flash-attn`` package (optional
+                    extra ``ipa[flash]``), CUDA and fp16/bf16
+    sdpa-flash      PyTorch SDPA forced to its FlashAttention-2 kernel ("_native_flash"); CUDA, fp16/bf16
+    sdpa-cudnn      PyTorch SDPA forced to cuDNN attention ("_native_cudnn"); CUDA
+    sdpa-efficient  PyTorch SDPA forced to the memory-efficient kernel ("_native_efficient"); CUDA
+    native          plain ``F.scaled_dot_product_attention``, PyTorch picks the kernel ("native");
+                    runs everywhere
+    auto            flash when it can run, else sdpa-flash on CUDA in fp16/bf16, else native
+
+The choice is checked here, against the device and dtype, before any forward: diffusers would
+otherwise fail deep inside the first attention call.
+"""
+
+import importlib.util
+
+import torch
+
+DIFFUSERS_NAMES = {
+    "flash": "flash",
+    "sdpa-flash": "_native_flash",
+    "sdpa-cudnn": "_native_cudnn",
+    "sdpa-efficient": "_native_efficient",
+    "native": "native",
+}
+BACKENDS = ("auto",) + tuple(DIFFUSERS_NAMES)
+HALF = (torch.float16, torch.bfloat16)
+
+
+def flash_attn_installed():
+    """True when the flash-attn package is importable (without importing it: that loads CUDA)."""
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def _why_not(name, device, dtype):
+    """Reason `name` cannot run on (device, dtype), or None when it can."""
+    cuda = device.type == "cuda"
+    if name == "native":
+        return None
+    if not cuda:
+        return f"needs a CUDA device (device is {device.type})"
+    if name == "flash" and not flash_attn_installed():
+        return "needs the flash-attn package (pip install 'ipa[flash]')"
+    if name in ("flash", "sdpa-flash") and dtype not in HALF:
+        return f"needs fp16 or bf16 (dtype is {dtype})"
+    if name == "sdpa-cudnn" and not torch.backends.cudnn.is_available():
+        return "needs cuDNN"
+    return None
+
+
+def available_backends(device="cpu", dtype=torch.float32):
+    """Backends (not counting "auto") that can run on this device and dtype, in preference order."""
+    device = torch.device(device)
+    return [n for n in DIFFUSERS_NAMES if _why_not(n, device, dtype) is None]
+
+
+def resolve_backend(name, device="cpu", dtype=torch.float32):
+    """Our backend name for the request `name` ("auto" resolved); ValueError if it cannot run."""
+    device = torch.device(device)
+    if name not in BACKENDS:
+        raise ValueError(f"attention_backend must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        for candidate in ("flash", "sdpa-flash", "native"):
+            if _why_not(candidate, device, dtype) is None:
+                return candidate
+    why = _why_not(name, device, dtype)
+    if why is not None:
+        raise ValueError(f"attention_backend={name!r} cannot run here: it {why}; available on "
+                         f"{device.type}/{dtype}: {available_backends(device, dtype)}")
+    return name
+
+
+def set_attention_backend(model, name, device=None, dtype=None):
+    """Resolve `name` for the model's device/dtype and install it on every attention module.
+
+    Returns the resolved name, also kept as ``model.ipa_attention_backend``.
+    """
+    p = next(model.parameters())
+    device = torch.device(device) if device is not None else p.device
+    resolved = resolve_backend(name, device, dtype or p.dtype)
+    import logging
+    # diffusers logs an "experimental feature" warning on every call; keep logs readable.
+    log = logging.getLogger("diffusers.models.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        model.set_attention_backend(DIFFUSERS_NAMES[resolved])
+    finally:
+        log.setLevel(level)
+    model.ipa_attention_backend = resolved
+    return resolved

@@ -1,0 +1,160 @@
+"""Deterministic (noise, t) draws per (sample id, draw index), and the precomputed-reference store.
+
+The ``precomputed`` reference needs the training step to see exactly the noise and timestep the
+offline pass saw. So neither comes from a global RNG: each (seed, sample_id, draw) pair hashes to
+its own ``torch.Generator`` seed (blake2b, not Python's salted ``hash``), and any process on any
+machine with the same torch version regenerates bit-identical tensors.
+"""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+SAMPLINGS = ("uniform", "logit-normal")
+
+
+def draw_seed(seed, sample_id, draw):
+    """64-bit generator seed of one draw; stable across processes, platforms and Python versions."""
+    key = f"ipa-draw\x00{int(seed)}\x00{sample_id}\x00{int(draw)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+def shift_timesteps(t, shift):
+    """Flow-matching timestep shift ``shift * t / (1 + (shift - 1) * t)`` (shift 1: identity)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def draw_noise_and_t(sample_id, draw, shape, *, seed, sampling="uniform", shift=1.0,
+                     logit_mean=0.0, logit_std=1.0):
+    """Noise and normalized timestep of draw `draw` of sample `sample_id`.
+
+    Args:
+        shape: per-sample latent shape (C, F, H, W).
+        seed: run-level seed (the same for precompute and training).
+        sampling: "uniform" (t ~ U[0, 1)) or "logit-normal" (t = sigmoid(N(logit_mean, logit_std))).
+        shift: timestep shift applied after sampling (Wan uses 3-5 at inference; 1 = none).
+    Returns:
+        (noise float32 CPU tensor of `shape`, t float32 0-d CPU tensor in [0, 1]).
+    The timestep is drawn before the noise from the same generator, so t never depends on shape.
+    """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if not (isinstance(shift, (int, float)) and shift > 0 and math.isfinite(shift)):
+        raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
+    if not (isinstance(draw, int) and draw >= 0):
+        raise ValueError(f"draw must be an int >= 0, got {draw!r}")
+    g = torch.Generator("cpu").manual_seed(draw_seed(seed, sample_id, draw))
+    if sampling == "uniform":
+        t = torch.rand((), generator=g, dtype=torch.float32)
+    else:
+        t = torch.sigmoid(torch.randn((), generator=g, dtype=torch.float32) * logit_std + logit_mean)
+    t = shift_timesteps(t, shift) if shift != 1 else t
+    noise = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+    return noise, t
+
+
+def flow_draw(batch, *, seed, sampling="uniform", shift=1.0, draws=None, **sampling_kw):
+    """The flow-matching inputs of a batch from its deterministic draws.
+
+    Uses ``batch["sample_id"]`` and ``batch["draw"]`` (or `draws`, a list/tensor of ints) and
+    ``batch["x0"]``. Returns a dict: ``noise``, ``t`` [B] (float32), ``noisy`` = (1 - t) x0 + t noise
+    and ``target`` = noise - x0, all on x0's device, noisy/target/noise in x0's dtype.
+    """
+    x0 = batch["x0"]
+    ids = list(batch["sample_id"])
+    draws = batch.get("draw") if draws is None else draws
+    if draws is None:
+        raise ValueError("batch has no 'draw' (and no draws= given): which draw of each sample to use")
+    draws = [int(d) for d in (draws.tolist() if torch.is_tensor(draws) else draws)]
+    if len(ids) != x0.shape[0] or len(draws) != x0.shape[0]:
+        raise ValueError(f"sample_id ({len(ids)}) and draw ({len(draws)}) must have one entry per sample "
+                         f"(x0 has {x0.shape[0]})")
+    pairs = [draw_noise_and_t(i, d, x0.shape[1:], seed=seed, sampling=sampling, shift=shift, **sampling_kw)
+             for i, d in zip(ids, draws)]
+    noise = torch.stack([p[0] for p in pairs]).to(x0.device)
+    t = torch.stack([p[1] for p in pairs]).to(x0.device)
+    x0f = x0.float()
+    tb = t.view(-1, 1, 1, 1, 1)
+    return {
+        "noise": noise.to(x0.dtype),
+        "t": t,
+        "noisy": ((1 - tb) * x0f + tb * noise).to(x0.dtype),
+        "target": (noise - x0f).to(x0.dtype),
+    }
+
+
+class ReferenceStore:
+    """Per-sample reference errors (and their timesteps) for draws 0..n_draws-1.
+
+    On disk: one safetensors file, tensors ``err/<sample_id>`` and ``t/<sample_id>`` of shape
+    [n_draws] (float32, NaN where a draw was not computed), and the settings that produced them
+    (seed, sampling, shift, HALO weights, ...) as JSON metadata under ``ipa_reference_store``.
+    """
+
+    META_KEY = "ipa_reference_store"
+
+    def __init__(self, n_draws, **meta):
+        if not (isinstance(n_draws, int) and n_draws >= 1):
+            raise ValueError(f"n_draws must be a positive int, got {n_draws!r}")
+        self.n_draws = n_draws
+        self.meta = dict(meta)
+        self._err, self._t = {}, {}
+
+    def __len__(self):
+        return len(self._err)
+
+    def sample_ids(self):
+        return sorted(self._err)
+
+    def add(self, sample_id, draw, t, err):
+        """Record the error of draw `draw` of `sample_id` (t: its timestep)."""
+        if not (0 <= int(draw) < self.n_draws):
+            raise ValueError(f"draw must be in [0, {self.n_draws}), got {draw}")
+        sid = str(sample_id)
+        if sid not in self._err:
+            self._err[sid] = torch.full((self.n_draws,), float("nan"))
+            self._t[sid] = torch.full((self.n_draws,), float("nan"))
+        self._err[sid][int(draw)] = float(err)
+        self._t[sid][int(draw)] = float(t)
+
+    def lookup(self, sample_ids, draws):
+        """(errors [B], timesteps [B]) float32 CPU tensors; ValueError naming what is missing."""
+        draws = draws.tolist() if torch.is_tensor(draws) else list(draws)
+        err, t = [], []
+        for sid, d in zip(sample_ids, draws):
+            sid, d = str(sid), int(d)
+            if sid not in self._err or not (0 <= d < self.n_draws) or math.isnan(self._err[sid][d]):
+                raise ValueError(f"reference store has no error for sample {sid!r} draw {d} "
+                                 f"({len(self)} samples x {self.n_draws} draws stored)")
+            err.append(self._err[sid][d])
+            t.append(self._t[sid][d])
+        return torch.stack(err), torch.stack(t)
+
+    def save(self, path):
+        from safetensors.torch import save_file
+
+        tensors = {f"err/{k}": v for k, v in self._err.items()}
+        tensors.update({f"t/{k}": v for k, v in self._t.items()})
+        meta = {"n_draws": self.n_draws, **self.meta}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata={self.META_KEY: json.dumps(meta, sort_keys=True)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path):
+        from safetensors import safe_open
+
+        if not Path(path).is_file():
+            raise ValueError(f"reference store {str(path)!r} does not exist")
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get(cls.META_KEY, "null") or "null")
+            if meta is None:
+                raise ValueError(f"{str(path)!r} is not an ipa reference store (no {cls.META_KEY} metadata)")
+            store = cls(meta.pop("n_draws"), **meta)
+            for key in f.keys():
+                kind, sid = key.split("/", 1)
+                (store._err if kind == "err" else store._t)[sid] = f.get_tensor(key)
+        return store

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from ipa.models import available_backends, build_transformer, forward, resolve_backend, tiny_config
+from ipa.models.attention import DIFFUSERS_NAMES, flash_attn_installed
+
+from .conftest import batch_for, tiny
+
+
+def processors(model):
+    return [m.processor for m in model.modules() if hasattr(getattr(m, "processor", None), "_attention_backend")]
+
+
+def test_auto_on_cpu_is_native_and_installed_on_every_processor():
+    model = tiny("wan-vace")
+    assert model.ipa_attention_backend == "native"
+    procs = processors(model)
+    assert procs and all(p._attention_backend == "native" for p in procs)
+    assert resolve_backend("auto", "cpu", torch.bfloat16) == "native"
+    assert available_backends("cpu", torch.float32) == ["native"]
+
+
+def test_auto_prefers_flash_attn_then_sdpa_flash_on_cuda(monkeypatch):
+    import ipa.models.attention as attn
+
+    monkeypatch.setattr(attn, "flash_attn_installed", lambda: True)
+    assert resolve_backend("auto", "cuda", torch.bfloat16) == "flash"
+    assert resolve_backend("auto", "cuda", torch.float32) == "native"  # no fp32 flash kernels
+    monkeypatch.setattr(attn, "flash_attn_installed", lambda: False)
+    assert resolve_backend("auto", "cuda", torch.float16) == "sdpa-flash"
+    assert "sdpa-efficient" in available_backends("cuda", torch.float32)
+
+
+@pytest.mark.skipif(flash_attn_installed(), reason="flash-attn is installed here")
+def test_flash_without_flash_attn_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"flash-attn.*available on cpu.*\['native'\]|CUDA.*\['native'\]"):
+        build_transformer("wan", "tiny", dtype=torch.bfloat16, attention_backend="flash")
+    with pytest.raises(ValueError, match="flash-attn"):
+        resolve_backend("flash", "cuda", torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["sdpa-flash", "sdpa-cudnn", "sdpa-efficient"])
+def test_sdpa_kernels_on_cpu_are_refused_listing_alternatives(name):
+    with pytest.raises(ValueError, match=r"needs a CUDA device.*\['native'\]"):
+        resolve_backend(name, "cpu", torch.bfloat16)
+
+
+def test_unknown_backend_names_the_argument():
+    with pytest.raises(ValueError, match="attention_backend must be one of"):
+        resolve_backend("xformers")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["flash", "sdpa-cudnn", "sdpa-efficient"])
+def test_cuda_backends_agree_with_sdpa_flash_in_bf16(name):
+    if name not in available_backends("cuda", torch.bfloat16):
+        pytest.skip(f"{name} cannot run here")
+    cfg = {**tiny_config("wan-vace"), "attention_head_dim": 64}  # flash kernels want head_dim % 8 == 0
+    kw = dict(dtype=torch.bfloat16, seed=0, device="cuda")
+    ref = build_transformer("wan-vace", cfg, attention_backend="sdpa-flash", **kw)
+    other = build_transformer("wan-vace", cfg, attention_backend=name, **kw)
+    batch = {k: (v.to("cuda", torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v)
+             for k, v in batch_for("wan-vace", ref).items()}
+    t = torch.tensor([0.3, 0.7], device="cuda")
+    with torch.no_grad():
+        a = forward(ref, "wan-vace", batch, batch["x0"], t).float()
+        b = forward(other, "wan-vace", batch, batch["x0"], t).float()
+    assert (a - b).abs().max() <= 2e-2 * a.abs().max()
+
+
+def test_every_name_maps_to_a_diffusers_backend():
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    assert {AttentionBackendName(v) for v in DIFFUSERS_NAMES.values()}

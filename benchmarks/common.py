@@ -51,32 +51,50 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def _time_once(fn, device):
+    if device.type == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _summary(times):
+    times = sorted(times)
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return statistics.median(times), q[0], q[-1], len(times)
+
+
 def time_fn(fn, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2):
     """Median and 10th/90th percentile wall time (ms) of `fn()` after warm-up.
 
     On CUDA each call is bracketed by events; on CPU by perf_counter (the ops are synchronous).
     Repeats until `budget_s` is spent, within [min_reps, max_reps].
     """
-    for _ in range(warmup):
-        fn()
+    return time_side_by_side({"fn": fn}, device, min_reps=min_reps, max_reps=max_reps,
+                             budget_s=budget_s, warmup=warmup)["fn"]
+
+
+def time_side_by_side(fns, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2):
+    """`time_fn` for several implementations, interleaved call by call so that a load spike or
+    a clock change hits all of them alike: ratios stay honest on a shared machine."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync(device)
-    times = []
-    start_all = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start_all < budget_s):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return statistics.median(times), q[0], q[-1], len(times)
+    times = {k: [] for k in fns}
+    start = time.perf_counter()
+    n = 0
+    while n < max_reps and (n < min_reps or time.perf_counter() - start < budget_s * len(fns)):
+        for k, fn in fns.items():
+            times[k].append(_time_once(fn, device))
+        n += 1
+    return {k: _summary(v) for k, v in times.items()}
 
 
 def peak_extra_bytes(fn, device):

@@ -3,7 +3,8 @@
     python -m benchmarks.ops [--quick] [--sizes 480p-b2 720p-b8] [--dtypes bf16 fp32]
     ipa bench ops [...]
 
-Each configuration times one training-step's worth of loss work: the per-sample HALO errors of
+Implementations are timed interleaved, call by call (fair on a shared machine). Each
+configuration times one training-step's worth of loss work: the per-sample HALO errors of
 the policy and the frozen reference, the IPA head, and the gradient of the loss w.r.t. the policy
 prediction. Three implementations of the same function:
   fused   ipa.ops.flow_ipa_loss (C++ kernels on CPU, Triton on CUDA)
@@ -23,7 +24,7 @@ import torch
 from ipa.ops import flow_ipa_loss, reference
 
 from .common import (RESULTS, copy_bandwidth, device_name, device_slug, peak_extra_bytes,
-                     print_table, time_fn, versions, write_csv)
+                     print_table, time_side_by_side, versions, write_csv)
 
 SIZES = {  # name: (B, C, F, H, W) latents; Wan VAE: 8x space, 4x time (81 frames -> 21)
     "480p-b1": (1, 16, 21, 60, 104),
@@ -98,13 +99,12 @@ def run(args):
             if "compile" in args.impls:
                 torch._dynamo.reset()
                 fns["compile"] = torch.compile(eager_loss, dynamic=False)
-            grads = {}
-            timings = {}
+            grads, steps = {}, {}
             for impl in args.impls:
-                step = step_fn(fns[impl], sets[:1])
-                grads[impl] = step().float()  # also compiles
-                fn = step_fn(fns[impl], sets)
-                timings[impl] = time_fn(fn, device, min_reps=args.min_reps, budget_s=args.budget)
+                grads[impl] = step_fn(fns[impl], sets[:1])().float()  # also compiles
+                steps[impl] = step_fn(fns[impl], sets)
+            timings = time_side_by_side(steps, device, min_reps=args.min_reps, budget_s=args.budget)
+            for impl in args.impls:
                 timings[impl] += (peak_extra_bytes(step_fn(fns[impl], sets[:1]), device),)
             for impl in args.impls:
                 med, p10, p90, reps, peak = timings[impl]

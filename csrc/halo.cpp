@@ -23,10 +23,15 @@
 
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace py = pybind11;
 
@@ -134,14 +139,45 @@ void forward_impl(const T* pred, const T* ref, const T* target, const M* mask, d
   }
 }
 
-template <bool HAS_MASK, typename T, typename M, typename A = typename AccOf<T>::type>
-inline void plane_grad(const T* p, const T* t, const M* m, A scale, A lam1, int64_t n, T* g) {
+// grad[i] for i in [i0, i1), written to out[i - out_off].
+template <bool HAS_MASK, typename T, typename M, typename A>
+inline void grad_span(const T* p, const T* t, const M* m, A scale, A lam1, int64_t i0, int64_t i1,
+                      T* out, int64_t out_off) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = i0; i < i1; ++i) {
     A w = A(1);
     if constexpr (HAS_MASK) w = A(1) + lam1 * clamp01(load<A>(m, i));
-    store<A>(g, i, scale * w * (load<A>(p, i) - load<A>(t, i)));
+    store<A>(out, i - out_off, scale * w * (load<A>(p, i) - load<A>(t, i)));
   }
+}
+
+// The gradient is not read again before the optimizer needs it, so it is streamed past the
+// caches: a plain store first reads every line it writes (read-for-ownership), a quarter of the
+// backward's memory traffic. Blocks of kStreamBytes are computed into an aligned scratch buffer
+// (vectorized as above) and written with 16-byte non-temporal stores (SSE2: every x86-64 CPU).
+constexpr int64_t kStreamBytes = 256;
+
+template <bool HAS_MASK, typename T, typename M, typename A = typename AccOf<T>::type>
+inline void plane_grad(const T* p, const T* t, const M* m, A scale, A lam1, int64_t n, T* g) {
+#if defined(__SSE2__)
+  constexpr int64_t block = kStreamBytes / int64_t(sizeof(T));
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(g);
+  if (addr % sizeof(T) == 0 && n >= 2 * block) {
+    const int64_t head = std::min<int64_t>(n, int64_t((16 - addr % 16) % 16) / int64_t(sizeof(T)));
+    grad_span<HAS_MASK>(p, t, m, scale, lam1, 0, head, g, 0);
+    alignas(64) T buf[block];
+    int64_t i = head;
+    for (; i + block <= n; i += block) {
+      grad_span<HAS_MASK>(p, t, m, scale, lam1, i, i + block, buf, i);
+      for (int64_t k = 0; k < kStreamBytes / 16; ++k)
+        _mm_stream_si128(reinterpret_cast<__m128i*>(g + i) + k,
+                         _mm_load_si128(reinterpret_cast<const __m128i*>(buf) + k));
+    }
+    grad_span<HAS_MASK>(p, t, m, scale, lam1, i, n, g, 0);
+    return;
+  }
+#endif
+  grad_span<HAS_MASK>(p, t, m, scale, lam1, 0, n, g, 0);
 }
 
 template <typename T, typename M>
@@ -153,15 +189,21 @@ void backward_impl(const double* grad_err, const T* pred, const T* target, const
   const A lam1 = A(hand_weight - 1.0);
   const double two_over_n = 2.0 / double(s.C * s.F * s.HW);
 
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t pl = 0; pl < planes; ++pl) {
-    const int64_t b = pl / (s.C * s.F);
-    const int64_t f = pl % s.F;
-    const int64_t off = pl * s.HW;
-    const A scale = A(grad_err[b] * two_over_n);
-    const M* m = (mask && f >= s.skip) ? mask + (b * mask_frames + (f - s.skip)) * s.HW : nullptr;
-    if (m) plane_grad<true>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off);
-    else plane_grad<false>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off);
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      const int64_t b = pl / (s.C * s.F);
+      const int64_t f = pl % s.F;
+      const int64_t off = pl * s.HW;
+      const A scale = A(grad_err[b] * two_over_n);
+      const M* m = (mask && f >= s.skip) ? mask + (b * mask_frames + (f - s.skip)) * s.HW : nullptr;
+      if (m) plane_grad<true>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off);
+      else plane_grad<false>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off);
+    }
+#if defined(__SSE2__)
+    _mm_sfence();  // each thread: order its streamed stores before the region's closing barrier
+#endif
   }
 }
 

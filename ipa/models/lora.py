@@ -32,13 +32,24 @@ def add_lora(model, rank=128, alpha=128, target_modules=("to_q", "to_k", "to_v")
     if not targets or missing:
         raise ValueError(f"target_modules {missing or targets} match no module of {type(model).__name__}")
     model.requires_grad_(False)
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout,
-                                 init_lora_weights=True), adapter_name=ADAPTER)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout,
+                        init_lora_weights=True)
+    if hasattr(model, "add_adapter"):  # diffusers models: keeps peft_config for export
+        model.add_adapter(config, adapter_name=ADAPTER)
+    else:  # a bare nn.Module (e.g. one transformer block in the benchmark)
+        from peft import inject_adapter_in_model
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     return model
 
 
+def _lora_layers(model):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
 def has_lora(model):
-    return bool(getattr(model, "peft_config", None))
+    """True when `model` holds LoRA (PEFT tuner) layers."""
+    return bool(_lora_layers(model))
 
 
 def full_finetune(model):
@@ -60,14 +71,17 @@ def adapters_disabled(model):
     diffusers' ``disable_adapters``/``enable_adapters`` also reset ``requires_grad`` on the adapter
     weights; the flags are restored as they were so a frozen adapter stays frozen.
     """
-    if not has_lora(model):
+    layers = _lora_layers(model)
+    if not layers:
         raise ValueError("model has no LoRA adapter to disable (call ipa.models.add_lora first)")
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.disable_adapters()
+    for layer in layers:  # what diffusers' disable_adapters does, on any nn.Module
+        layer.enable_adapters(False)
     try:
         yield model
     finally:
-        model.enable_adapters()
+        for layer in layers:
+            layer.enable_adapters(True)
         for p, flag in flags:
             p.requires_grad_(flag)
 
@@ -77,8 +91,8 @@ def lora_state_dict(model):
     diffusers' own LoRA training scripts save for transformers."""
     from peft.utils import get_peft_model_state_dict
 
-    if not has_lora(model):
-        raise ValueError("model has no LoRA adapter to export")
+    if not getattr(model, "peft_config", None):
+        raise ValueError("model has no LoRA adapter to export (add one with ipa.models.add_lora)")
     return get_peft_model_state_dict(model, adapter_name=ADAPTER)
 
 

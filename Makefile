@@ -8,17 +8,27 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.ipa-installed
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install venv test test-fast demo bench clean
 
 install: $(STAMP)
 
 $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
-	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@test -x $(PY) || $(MAKE) --no-print-directory venv
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q --upgrade "setuptools>=69" wheel "pybind11>=2.12"
 	IPA_BUILD_NATIVE=1 $(PIP) install -q --no-build-isolation -e ".[test]"
 	@$(PY) -c "import ipa._C, ipa.ops; print('ipa installed:', ipa.ops.available_backends())"
 	@touch $(STAMP)
+
+# A new venv sees the base interpreter's packages; when $(PYTHON) is itself a venv that already has
+# torch (GPU images ship one), a .pth file makes that env's packages visible too, so its CUDA torch
+# is reused instead of installing another.
+venv:
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	  $(PYTHON) -c "import site; print('\n'.join(site.getsitepackages()))" \
+	    > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/ipa-parent-env.pth"; \
+	  echo "reusing torch from $(PYTHON)"; fi
 
 test: install
 	$(PY) -m pytest -q
@@ -27,7 +37,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow and not multiprocess"
 
 demo: install
-	$(PY) -m ipa.cli bench ops --quick
+	$(PY) -m ipa.cli bench ops --quick --out-dir demo_out
 
 bench: install
 	$(PY) -m ipa.cli bench ops

@@ -22,13 +22,14 @@ Results: benchmarks/results/model-<device>.csv and .png.
 """
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
+from diffusers.models.attention_dispatch import attention_backend, dispatch_attention_fn
 
-from ipa.models import (ReferenceStore, Reference, add_lora, adapters_disabled, available_backends,
+from ipa.models import (Reference, add_lora, adapters_disabled, available_backends,
                         build_transformer, flow_draw, forward, precompute_reference_errors, synthetic_batch)
+from ipa.models.attention import DIFFUSERS_NAMES
 from ipa.ops import flow_ipa_loss, flow_sft_loss
 
 from .common import (RESULTS, device_name, device_slug, peak_extra_bytes, print_table, time_side_by_side,
@@ -80,11 +81,11 @@ def model_steps(family, backend, dtype, device, batch_size, frames, size, rank):
     return {m: step(m) for m in MODES}, held
 
 
-def block_steps(device, tokens_fhw=(21, 30, 52), text_len=512, rank=128):
+def block_steps(device, tokens_fhw=(21, 30, 52), text_len=512, rank=128, dim=5120, heads=40, ffn=13824):
     """{mode: step()} on one Wan-14B-sized transformer block in bf16, plus parameter bytes."""
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformerBlock
 
-    dim, heads, ffn, dtype = 5120, 40, 13824, torch.bfloat16
+    dtype = torch.bfloat16
     torch.manual_seed(SEED)
 
     def make():
@@ -136,10 +137,6 @@ def block_steps(device, tokens_fhw=(21, 30, 52), text_len=512, rank=128):
 
 def attention_tflops(device, backend, S=32760, heads=40, head_dim=128):
     """Achieved TFLOP/s of one bf16 self-attention forward at S tokens through diffusers' dispatcher."""
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-    from ipa.models.attention import DIFFUSERS_NAMES
-
     q, k, v = (torch.randn(1, S, heads, head_dim, device=device, dtype=torch.bfloat16) for _ in range(3))
     fn = lambda: dispatch_attention_fn(q, k, v, backend=DIFFUSERS_NAMES[backend])  # noqa: E731
     med = time_side_by_side({"attn": fn}, device, min_reps=5, budget_s=2.0)["attn"][0]
@@ -190,8 +187,7 @@ def run_block(args, device, info):
     backends = args.backends or [b for b in available_backends(device, torch.bfloat16)]
     peak = BF16_PEAK_TFLOPS.get(device_slug(device))
     for backend in backends:
-        import diffusers.models.attention_dispatch as dispatch
-        with dispatch.attention_backend(__import__("ipa.models.attention", fromlist=["x"]).DIFFUSERS_NAMES[backend]):
+        with attention_backend(DIFFUSERS_NAMES[backend]):  # the bare block has no set_attention_backend
             steps, held, S = block_steps(device, rank=args.rank)
             result = measure(steps, held, device, args)
         tflops = attention_tflops(device, backend)

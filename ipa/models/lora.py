@@ -7,8 +7,6 @@ The paper trains LoRA rank 128 (alpha 128) on the attention q/k/v projections on
 import contextlib
 from pathlib import Path
 
-import torch
-
 ADAPTER = "default"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default file name
 

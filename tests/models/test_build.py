@@ -104,3 +104,15 @@ def test_model_inputs_validates_batch():
         model_inputs("wan-vace", batch, x, torch.rand(3), config=cfg)
     with pytest.raises(ValueError, match="text_emb"):
         model_inputs("wan-vace", {**batch, "text_emb": batch["text_emb"][..., :5]}, x, torch.rand(2), config=cfg)
+
+
+def test_wan_i2v_style_config_takes_cond_latents_and_image_emb():
+    # An I2V-shaped Wan config: extra input channels (mask + image latents) and CLIP image tokens
+    # through added K/V projections (these split the context at a hard-coded 512 text tokens).
+    cfg = {**tiny_config("wan"), "in_channels": 12, "out_channels": 4, "image_dim": 16, "added_kv_proj_dim": 24}
+    model = build_transformer("wan", cfg, dtype=torch.float32, seed=0)
+    batch = synthetic_batch("wan", model.config, 1, 2, 4, 4, text_len=512, image_len=3)
+    assert batch["cond_latents"].shape[1] == 8 and batch["image_emb"].shape == (1, 3, 16)
+    kw = model_inputs("wan", batch, batch["x0"], torch.tensor([0.5]), config=model.config)
+    assert kw["hidden_states"].shape[1] == 12
+    assert model(**kw)[0].shape == batch["x0"].shape

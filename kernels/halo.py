@@ -35,18 +35,21 @@ def _halo_weight(mask_ptr, b, f, offs, in_bounds, mask_frames, skip, HW, lam1, A
 
 
 @triton.jit
+def _block_coords(C, F, HW, BLOCK: tl.constexpr):
+    """This program's (b, c, f) plane, its BLOCK of that plane, and the plane's int64 offset."""
+    plane = tl.program_id(0)
+    blk = tl.program_id(1)
+    offs = blk * BLOCK + tl.arange(0, BLOCK)
+    return plane, blk, plane // (C * F), plane % F, offs, offs < HW, plane.to(tl.int64) * HW
+
+
+@triton.jit
 def _halo_fwd_kernel(
     pred_ptr, ref_ptr, target_ptr, mask_ptr, part_pred_ptr, part_ref_ptr,
     C, F, HW, skip, mask_frames, lam1,
     HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    plane = tl.program_id(0)
-    blk = tl.program_id(1)
-    b = plane // (C * F)
-    f = plane % F
-    offs = blk * BLOCK + tl.arange(0, BLOCK)
-    in_bounds = offs < HW
-    base = plane.to(tl.int64) * HW
+    plane, blk, b, f, offs, in_bounds, base = _block_coords(C, F, HW, BLOCK)
 
     t = tl.load(target_ptr + base + offs, mask=in_bounds, other=0).to(ACC)
     dp = tl.load(pred_ptr + base + offs, mask=in_bounds, other=0).to(ACC) - t
@@ -67,13 +70,7 @@ def _halo_bwd_kernel(
     C, F, HW, skip, mask_frames, lam1,
     HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    plane = tl.program_id(0)
-    blk = tl.program_id(1)
-    b = plane // (C * F)
-    f = plane % F
-    offs = blk * BLOCK + tl.arange(0, BLOCK)
-    in_bounds = offs < HW
-    base = plane.to(tl.int64) * HW
+    plane, blk, b, f, offs, in_bounds, base = _block_coords(C, F, HW, BLOCK)
 
     scale = tl.load(scale_ptr + b).to(ACC)  # 2 * g[b] / N
     d = (tl.load(pred_ptr + base + offs, mask=in_bounds, other=0).to(ACC)

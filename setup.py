@@ -58,6 +58,8 @@ setup(
         "deepspeed>=0.16",
         "mediapipe>=0.10.21",
         "av",
+        "scipy",
+        "scikit-image",
         "tensorboard",
     ],
     extras_require={

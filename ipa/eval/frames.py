@@ -86,12 +86,43 @@ def to_tensor(frames: np.ndarray, value_range=(-1.0, 1.0), device=None):
     return x * ((hi - lo) / 255.0) + lo
 
 
+def load_module(path, device=None):
+    """A model saved as TorchScript (`torch.jit.save`) or as a `torch.export` program (`.pt2`,
+    `torch.export.save`), on `device`; None when the file is neither."""
+    import logging
+
+    import torch
+
+    path = str(path)
+    if not path.endswith(".pt2"):
+        try:
+            return torch.jit.load(path, map_location=device)
+        except RuntimeError:
+            pass
+    level = logging.getLogger("torch.export").level
+    logging.getLogger("torch.export").setLevel(logging.ERROR)  # its loader logs a traceback on failure
+    try:
+        return torch.export.load(path).module().to(device)
+    except Exception:
+        return None
+    finally:
+        logging.getLogger("torch.export").setLevel(level)
+
+
+def _eval_mode(model):
+    try:
+        model.eval()
+    except (NotImplementedError, RuntimeError):  # exported programs refuse train()/eval()
+        pass
+    return model
+
+
 class LPIPS:
     """LPIPS distance with weights from a local path (nothing downloaded).
 
     `weights` is either
 
-    - a **TorchScript** file (`torch.jit.save`) of a module `f(x, y) -> distances` taking two
+    - a **TorchScript** file (`torch.jit.save`) or a `torch.export` program (`.pt2`) of a module `f(x, y) -> distances` taking two
       float `[N, 3, H, W]` batches in [-1, 1] and returning `[N]` (or `[N, 1, 1, 1]`) distances.
       Make one where the `lpips` package works, e.g.
       `torch.jit.trace(lpips.LPIPS(net="alex"), (x, y)).save("lpips_alex.pt")`; or
@@ -111,13 +142,12 @@ class LPIPS:
             raise ValueError(f"lpips_weights: {str(path)!r} does not exist")
         self.device = torch.device(device) if device is not None else default_device()
         self.batch_size = int(batch_size)
-        try:
-            self.model = torch.jit.load(str(path), map_location=self.device)
-            self.kind = "torchscript"
-        except RuntimeError:
+        self.model = load_module(path, self.device)
+        self.kind = "torchscript / torch.export"
+        if self.model is None:
             self.model = self._lpips_package(path, net)
             self.kind = f"lpips package ({net})"
-        self.model.eval()
+        _eval_mode(self.model)
 
     def _lpips_package(self, path, net):
         import torch
@@ -126,7 +156,7 @@ class LPIPS:
             import lpips
         except Exception as e:  # ImportError, or torchvision failing to load its ops
             raise ValueError(
-                f"lpips_weights: {str(path)!r} is not TorchScript, and loading it as an lpips state dict "
+                f"lpips_weights: {str(path)!r} is not TorchScript or torch.export, and loading it as an lpips state dict "
                 f"needs the `lpips` package with a working torchvision ({type(e).__name__}: {e}). Export "
                 "a TorchScript LPIPS where lpips works: torch.jit.trace(lpips.LPIPS(net='alex'), (x, y)).save(path)"
             ) from e

@@ -7,8 +7,9 @@ reference samples:
 
 They differ only in the extractor and the sample: FID uses an image network (Inception) on single
 frames; FID-VID (as in DisCo / MagicAnimate reports) a 3D-ResNet on clips; FVD an I3D on clips.
-Weights are never downloaded: an extractor is a TorchScript file from a user path (or any Python
-callable), described by a spec (a protocol's `extractors` entry):
+Weights are never downloaded: an extractor is a model file from a user path (TorchScript, or a
+`torch.export` program saved as `.pt2`) or any Python callable, described by a spec (a protocol's
+`extractors` entry):
 
 ```yaml
 extractors:
@@ -112,7 +113,7 @@ class FeatureExtractor:
                  clip_len: int = 16, batch_size: int = 8, device=None, name: str = "extractor"):
         import torch
 
-        from .frames import default_device
+        from .frames import _eval_mode, default_device, load_module
 
         if kind not in ("frame", "video"):
             raise ValueError(f"{name}.kind: expected 'frame' or 'video', got {kind!r}")
@@ -125,16 +126,15 @@ class FeatureExtractor:
             path = Path(model)
             if not path.is_file():
                 raise ValueError(f"{name}.path: {str(path)!r} does not exist")
-            try:
-                model = torch.jit.load(str(path), map_location=self.device)
-            except RuntimeError as e:
-                raise ValueError(f"{name}.path: {str(path)!r} is not a TorchScript file ({e})") from e
+            model = load_module(path, self.device)
+            if model is None:
+                raise ValueError(f"{name}.path: {str(path)!r} is neither TorchScript nor a torch.export .pt2 file")
         elif isinstance(model, torch.nn.Module):
             model = model.to(self.device)
         if not callable(model):
             raise ValueError(f"{name}.path: expected a TorchScript path or a callable, got {type(model).__name__}")
         if hasattr(model, "eval"):
-            model.eval()
+            _eval_mode(model)
         self.model, self.kind, self.name = model, kind, name
         self.size = tuple(size) if size is not None else None
         self.value_range = tuple(float(v) for v in value_range)

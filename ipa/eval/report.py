@@ -86,7 +86,9 @@ def _fmt(v) -> str:
         return "n/a"
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
-    return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+    if v == 0 or abs(v) >= 10:
+        return f"{v:.2f}"
+    return f"{v:.4f}" if abs(v) >= 0.1 else f"{v:.3g}"
 
 
 def bar_charts(results, out_dir: Path) -> list[Path]:

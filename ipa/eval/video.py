@@ -84,7 +84,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"frechet_distance: sqrtm has imaginary diagonal up to {np.abs(covmean.imag).max():g}")
         covmean = covmean.real
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    fd = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return max(fd, 0.0)  # non-negative in exact arithmetic; rounding can leave -1e-16
 
 
 def fd_from_features(features_generated, features_reference) -> float:

@@ -128,3 +128,40 @@ def test_cli_bad_input(workspace, tmp_path, capsys):
     assert rc == 2 and "--poses: 11 frames of keypoints for video 'clipA' but its reference has 9" in err
     rc, err = _err(capsys, base + ["--compare", str(r / "good"), str(short), "--reference", str(r / "reference")])
     assert rc == 2 and "two runs named" not in err and "--compare video 'clipA': 8 frames" in err
+
+
+class FakeDetector:
+    """Stands in for ipa.hands.HandDetector: one hand on the moving square, offset by `shift` pixels."""
+
+    def __init__(self, shift=0.0, score=0.8):
+        self.shift, self.score, self.calls = shift, score, 0
+
+    def detect_video(self, frames):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        s = frames.shape[2] / W  # keypoints follow the protocol's resize
+        return [[SimpleNamespace(landmarks=k[:, :2] * s + self.shift, score=self.score, handedness="Right")]
+                for k in hand_track(len(frames))]
+
+
+def test_evaluate_with_detector(workspace):
+    from ipa.eval.protocol import Protocol
+    from ipa.eval.runner import evaluate
+
+    r = workspace
+    det = FakeDetector(shift=2.0)
+    protocol = Protocol(hand_crop_size=32)
+    results, info = evaluate({"good": r / "good"}, r / "reference", poses=r / "poses", protocol=protocol,
+                             detector=det, progress=False)
+    s = results[0].summary
+    assert info["hand_source"] == "poses" and det.calls == 2  # generated videos only
+    assert s["hkc"] == pytest.approx(0.8) and s["detection_rate"] == pytest.approx(1.0)
+    assert s["landmark_distance_px"] == pytest.approx(2.0 * np.sqrt(2))
+    assert s["hkv"] == pytest.approx(0.0, abs=1e-9)  # the square moves at constant velocity: no jitter (nan if untracked)
+    # without poses, crops come from hands detected in the reference
+    results, info = evaluate({"good": r / "good"}, r / "reference", protocol=protocol, detector=FakeDetector(),
+                             progress=False)
+    s = results[0].summary
+    assert info["hand_source"] == "detected in reference" and s["hand_crops"] == 2 * T
+    assert s["detection_rate"] == pytest.approx(1.0) and np.isnan(s["landmark_distance"])

@@ -180,3 +180,20 @@ def test_detections_to_hands():
     h = detections_to_hands([[hand(BASE)], [], [hand(BASE), hand(BASE + 1)]])
     assert h.shape == (3, 2, 21, 3)
     assert (h[1, :, :, 2] == 0).all() and (h[2, :, :, 2] == 1).all()
+
+
+def test_crops_from_mediapipe_detections_on_real_photo(shared_dir):
+    """Crops from hands ipa.hands detects in a real photo land on the hand picked by eye."""
+    hands_mod = pytest.importorskip("ipa.hands", reason="ipa.hands (issue 3) is not installed")
+    try:
+        detector = hands_mod.HandDetector()
+    except Exception as e:  # no model bundle on this machine
+        pytest.skip(f"no MediaPipe hand model ({e}); `ipa hands model` builds one")
+    photo = "COCO_val2014_000000000395.jpg"
+    img = cv2.cvtColor(cv2.imread(str(shared_dir / "data" / "hands" / photo)), cv2.COLOR_BGR2RGB)
+    hands = detections_to_hands([detector.detect(img)])
+    crops = hand_crops(img[None], img[None], hands, crop_size=64)
+    assert crops, "no hand detected in the phone photo"
+    x0, y0, x1, y1 = HAND_REGIONS[photo][0]
+    cx, cy = (crops[0].box[0] + crops[0].box[2]) / 2, (crops[0].box[1] + crops[0].box[3]) / 2
+    assert x0 <= cx <= x1 and y0 <= cy <= y1

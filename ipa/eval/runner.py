@@ -43,7 +43,7 @@ def _video_names(runs: dict, ref_videos: dict, protocol: Protocol, reference) ->
                     raise ValueError(f"{arg}: protocol sequence {n!r} is missing from run {run!r}")
         return names
     first_run, (first_arg, first) = next(iter(runs.items()))
-    names = sorted(first, key=lambda n: list(first).index(n))
+    names = list(first)
     if not names:
         raise ValueError(f"{first_arg}: no videos (video files or frame folders) in run {first_run!r}")
     for n in names:

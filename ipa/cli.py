@@ -13,6 +13,7 @@ import sys
 # group name -> (module, one-line help)
 COMMANDS = {
     "bench": ("ipa.bench", "run a benchmark (ops, ...) and write CSV + PNG under benchmarks/results/"),
+    "hands": ("ipa.hands.cli", "hand masks: detector model, detect, from-keypoints, preview"),
     "eval": ("ipa.eval.cli", "metrics report: SSIM/PSNR/LPIPS/FVD and hand-region metrics"),
 }
 

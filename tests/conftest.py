@@ -32,3 +32,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def hand_model():
+    """Path of the MediaPipe hand bundle, built once (as `ipa hands model` does) if missing."""
+    from ipa.hands import build_model_bundle, resolve_model_path
+
+    try:
+        return resolve_model_path()
+    except FileNotFoundError:
+        pass
+    try:
+        return build_model_bundle()
+    except RuntimeError as e:  # no registry access: the one thing that can stop the build
+        pytest.skip(f"cannot build the hand model bundle here: {e}")

@@ -31,115 +31,19 @@ PSNR-Hand are SSIM and PSNR (variants as in `ipa.eval.frames`) averaged over all
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-DWPOSE_LEFT = slice(91, 112)
-DWPOSE_RIGHT = slice(112, 133)
-
-
-# ----------------------------------------------------------------------------- keypoints in
-
-def _as_hands(arr: np.ndarray, arg: str) -> np.ndarray:
-    """Numeric keypoint array -> `[T, NH, 21, 3]` (x, y, confidence)."""
-    a = np.asarray(arr, dtype=np.float64)
-    if a.ndim >= 2 and a.shape[-1] == 2:  # no confidence: all confident
-        a = np.concatenate([a, np.ones(a.shape[:-1] + (1,))], axis=-1)
-    if a.ndim < 3 or a.shape[-1] != 3:
-        raise ValueError(f"{arg}: expected keypoints with (x, y[, confidence]) last, got shape {list(a.shape)}")
-    k = a.shape[-2]
-    if k == 133:  # DWPose / RTMW whole body: [T, 133, 3] or [T, P, 133, 3]
-        if a.ndim == 3:
-            a = a[:, None]
-        if a.ndim != 4:
-            raise ValueError(f"{arg}: expected [T, 133, 3] or [T, persons, 133, 3], got {list(a.shape)}")
-        return np.stack([a[:, :, DWPOSE_LEFT], a[:, :, DWPOSE_RIGHT]], axis=2).reshape(len(a), -1, 21, 3)
-    if k == 21:  # MediaPipe-style hands: [T, 21, 3] or [T, NH, 21, 3]
-        if a.ndim == 3:
-            a = a[:, None]
-        if a.ndim != 4:
-            raise ValueError(f"{arg}: expected [T, 21, 3] or [T, hands, 21, 3], got {list(a.shape)}")
-        return a
-    raise ValueError(f"{arg}: expected 133 (DWPose whole body) or 21 (hand) keypoints per "
-                     f"person, got {k} (shape {list(a.shape)})")
-
-
-def _openpose_frame(d: dict, arg: str) -> list[np.ndarray]:
-    if not isinstance(d, dict) or "people" not in d:
-        raise ValueError(f"{arg}: OpenPose frame must be a mapping with 'people', got {str(d)[:80]!r}")
-    hands = []
-    for person in d["people"]:
-        for key in ("hand_left_keypoints_2d", "hand_right_keypoints_2d"):
-            v = np.asarray(person.get(key) or np.zeros(63), dtype=np.float64)
-            if v.size != 63:
-                raise ValueError(f"{arg}: {key} must hold 21 * 3 numbers, got {v.size}")
-            hands.append(v.reshape(21, 3))
-    return hands
-
-
-def _stack_frames(frames: list[list[np.ndarray]]) -> np.ndarray:
-    nh = max((len(f) for f in frames), default=0)
-    out = np.zeros((len(frames), max(nh, 1), 21, 3))
-    for t, f in enumerate(frames):
-        for i, h in enumerate(f):
-            out[t, i] = h
-    return out
+# Keypoint readers live in ipa.hands (the room to the left); the names below are eval's own.
+from ipa.hands.keypoints import find_pose_file  # noqa: F401  (re-exported for the runner)
+from ipa.hands.keypoints import hands_from_detections as detections_to_hands
+from ipa.hands.keypoints import load_keypoints
 
 
 def load_pose_hands(path, arg: str = "poses") -> np.ndarray:
-    """Hand keypoints of a driving-pose file as `[T, NH, 21, 3]` (pixel x, y, confidence).
-
-    Accepts `.npy` / `.npz` arrays (DWPose `[T, 133, 3]` or `[T, persons, 133, 3]`, hands
-    `[T, 21, 3]` or `[T, hands, 21, 3]`; a missing confidence column means confident; `.npz`
-    takes its `keypoints` array, else its only one), an OpenPose-style `.json` (a list of
-    per-frame `{"people": [...]}` mappings, or a mapping with such a list under `frames`), or a
-    folder of per-frame OpenPose JSON files. Missing hands have confidence 0.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{arg}: {str(path)!r} does not exist")
-    if path.is_dir():
-        files = sorted(path.glob("*.json"))
-        if not files:
-            raise ValueError(f"{arg}: folder {str(path)!r} holds no per-frame .json files")
-        return _stack_frames([_openpose_frame(json.loads(f.read_text()), f"{arg} ({f.name})") for f in files])
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return _as_hands(np.load(path), arg)
-    if suffix == ".npz":
-        d = np.load(path)
-        if "keypoints" in d:
-            return _as_hands(d["keypoints"], arg)
-        if len(d.files) != 1:
-            raise ValueError(f"{arg}: {str(path)!r} must hold a 'keypoints' array or a single array, has {d.files}")
-        return _as_hands(d[d.files[0]], arg)
-    if suffix == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and "frames" in data:
-            data = data["frames"]
-        if isinstance(data, list) and data and isinstance(data[0], dict):
-            return _stack_frames([_openpose_frame(f, arg) for f in data])
-        return _as_hands(np.asarray(data, dtype=np.float64), arg)
-    raise ValueError(f"{arg}: unsupported keypoint file {str(path)!r} (.npy, .npz, .json or a folder of .json)")
-
-
-def find_pose_file(folder, name: str, arg: str = "poses") -> Path:
-    """The pose file or folder for video `name` in `folder` (`name.npy|.npz|.json` or `name/`)."""
-    folder = Path(folder)
-    for cand in (folder / f"{name}.npy", folder / f"{name}.npz", folder / f"{name}.json", folder / name):
-        if cand.exists():
-            return cand
-    raise ValueError(f"{arg}: no keypoints for video {name!r} in {str(folder)!r} "
-                     f"(expected {name}.npy, {name}.npz, {name}.json or a folder {name}/)")
-
-
-def detections_to_hands(detections) -> np.ndarray:
-    """Per-frame lists of detected hands (objects with `landmarks` [21, 2]) -> `[T, NH, 21, 3]`."""
-    return _stack_frames([[np.concatenate([np.asarray(h.landmarks, np.float64)[:, :2], np.ones((21, 1))], 1)
-                           for h in frame] for frame in detections])
+    """Driving-pose hand keypoints `[T, NH, 21, 3]` (`ipa.hands.load_keypoints`; errors name `arg`)."""
+    return load_keypoints(path, arg)
 
 
 # ----------------------------------------------------------------------------- boxes and crops

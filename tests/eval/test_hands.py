@@ -182,16 +182,14 @@ def test_detections_to_hands():
     assert (h[1, :, :, 2] == 0).all() and (h[2, :, :, 2] == 1).all()
 
 
-def test_crops_from_mediapipe_detections_on_real_photo(shared_dir):
+def test_crops_from_mediapipe_detections_on_real_photo(shared_dir, hand_model):
     """Crops from hands ipa.hands detects in a real photo land on the hand picked by eye."""
-    hands_mod = pytest.importorskip("ipa.hands", reason="ipa.hands (issue 3) is not installed")
-    try:
-        detector = hands_mod.HandDetector()
-    except Exception as e:  # no model bundle on this machine
-        pytest.skip(f"no MediaPipe hand model ({e}); `ipa hands model` builds one")
+    from ipa.hands import HandDetector
+
     photo = "COCO_val2014_000000000395.jpg"
     img = cv2.cvtColor(cv2.imread(str(shared_dir / "data" / "hands" / photo)), cv2.COLOR_BGR2RGB)
-    hands = detections_to_hands([detector.detect(img)])
+    with HandDetector(hand_model) as detector:
+        hands = detections_to_hands([detector.detect(img)])
     crops = hand_crops(img[None], img[None], hands, crop_size=64)
     assert crops, "no hand detected in the phone photo"
     x0, y0, x1, y1 = HAND_REGIONS[photo][0]

@@ -14,19 +14,24 @@ import sys
 COMMANDS = {
     "bench": ("ipa.bench", "run a benchmark (ops, ...) and write CSV + PNG under benchmarks/results/"),
     "hands": ("ipa.hands.cli", "hand masks: detector model, detect, from-keypoints, preview"),
+    "data": ("ipa.data.cli", "datasets: synth, check"),
+    "train": ("ipa.train.cli", "IPA / SFT / DPO post-training on DeepSpeed ZeRO"),
+    "precompute-reference": ("ipa.train.cli", "reference errors over deterministic draws"),
     "eval": ("ipa.eval.cli", "metrics report: SSIM/PSNR/LPIPS/FVD and hand-region metrics"),
 }
 
 
 def build_parser(only=None):
+    """The parser; `only` names the group whose module is imported (None: all of them)."""
     parser = argparse.ArgumentParser(prog="ipa", description="Implicit Preference Alignment for "
                                      "human image animation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_) in COMMANDS.items():
-        if only is not None and name != only:
+    modules = {m for name, (m, _) in COMMANDS.items() if only is None or name == only}
+    for module in sorted(modules):
+        importlib.import_module(module).register(sub)  # a module may register several groups
+    for name, (_, help_) in COMMANDS.items():
+        if name not in sub.choices:
             sub.add_parser(name, help=help_)
-            continue
-        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -1,0 +1,88 @@
+"""`ipa train` and `ipa precompute-reference`, and the entry point launchers run
+(`torchrun -m ipa.train`, `deepspeed -m ipa.train`, `python -m ipa.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _common(p):
+    p.add_argument("--config", required=True, help="run YAML (see configs/)")
+    p.add_argument("--output-dir", default=None, help="where everything of the run goes (run.output_dir)")
+    p.add_argument("--nproc", type=int, default=0,
+                   help="start this many local processes with torchrun (default: run in this process, "
+                        "or under the launcher that started it)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.beta=100 run.steps=50")
+
+
+def _relaunch(args, module_args):
+    """Re-run this command under torchrun with `--nproc` processes (single node)."""
+    from torch.distributed.run import main as torchrun
+
+    torchrun(["--standalone", f"--nproc_per_node={args.nproc}", "-m", *module_args])
+    return 0
+
+
+def _argv_without_nproc(argv):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out
+
+
+def run_train(args, argv=None):
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides, output_dir=args.output_dir)  # fail fast, before launching
+    if args.nproc and "RANK" not in os.environ:
+        return _relaunch(args, ["ipa.train", *_argv_without_nproc(argv if argv is not None else sys.argv[2:])])
+    from .loop import train
+
+    train(cfg)
+    return 0
+
+
+def run_precompute(args, argv=None):
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides, output_dir=args.output_dir)
+    if args.nproc and "RANK" not in os.environ:
+        return _relaunch(args, ["ipa.train.precompute_main",
+                                *_argv_without_nproc(argv if argv is not None else sys.argv[2:])])
+    from .precompute import precompute
+
+    precompute(cfg, args.draws, args.out)
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("train", help="IPA / SFT / DPO post-training on DeepSpeed ZeRO")
+    _common(p)
+    p.set_defaults(func=lambda a: run_train(a, sys.argv[2:]))
+    p = sub.add_parser("precompute-reference", help="reference errors over deterministic draws (no reference at train time)")
+    _common(p)
+    p.add_argument("--draws", type=int, required=True, help="draws per sample (train with reference.draws=K)")
+    p.add_argument("--out", default=None, help="store path (default reference.store or OUTPUT/reference_errors.safetensors)")
+    p.set_defaults(func=lambda a: run_precompute(a, sys.argv[2:]))
+
+
+def module_main(kind, argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog=f"python -m ipa.train{'.precompute_main' if kind == 'precompute' else ''}")
+    _common(parser)
+    if kind == "precompute":
+        parser.add_argument("--draws", type=int, required=True)
+        parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    return (run_precompute if kind == "precompute" else run_train)(args, argv)

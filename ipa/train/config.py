@@ -1,0 +1,272 @@
+"""Run configuration: documented dataclasses, read from one YAML file plus `key=value` overrides.
+
+Every check runs before any process group starts, and every error names the key:
+
+    ipa train --config configs/tiny-cpu.yaml objective.beta=100 run.steps=50 --output-dir runs/a
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message starts with the key."""
+
+
+@dataclass
+class ModelConfig:
+    family: str = "wan-vace"
+    """Transformer family: "wan-vace" (the paper's), "wan" or "wan-animate"."""
+    source: object = "tiny"
+    """Local diffusers folder, "tiny" (diffusers' tiny test config) or a dict of config values."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, bfloat16 or float16."""
+    attention_backend: str = "auto"
+    """auto | flash | sdpa-flash | sdpa-cudnn | sdpa-efficient | native."""
+    gradient_checkpointing: bool = False
+    """Recompute transformer blocks in the backward pass (policy only)."""
+    seed: int = 0
+    """Seed of the random weights when `source` is "tiny" or a dict (same seed: same weights)."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    """LoRA on `targets` (the paper: q/k/v, rank 128); false = full fine-tuning."""
+    rank: int = 128
+    alpha: float = 128.0
+    targets: list = field(default_factory=lambda: ["to_q", "to_k", "to_v"])
+
+
+@dataclass
+class ReferenceConfig:
+    mode: str = "adapter"
+    """copy (second frozen model, ZeRO-sharded like the policy) | adapter (LoRA policy with adapters
+    disabled) | precomputed (errors from `store`, no reference model)."""
+    store: str = ""
+    """Reference-error store (`ipa precompute-reference`); required for mode precomputed."""
+    draws: int = 0
+    """> 0: take noise and t from the deterministic per-sample draws (draw = epoch % draws) that
+    `ipa precompute-reference --draws` uses; 0: fresh noise each step (seeded by run.seed)."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "ipa"
+    """ipa | sft | dpo (dpo needs a loser latent `x0_loser` in every sample)."""
+    beta: float = 600.0
+    hand_weight: float = 10.0
+    """HALO weight of hand cells (1 = plain flow matching)."""
+    skip_frames: int = 1
+    """Leading latent frames never hand-weighted (Wan's first frame)."""
+    timestep_sampling: str = "uniform"
+    """uniform | logit-normal (SD3-style, with logit_mean / logit_std)."""
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+    """Flow shift s' = shift s / (1 + (shift - 1) s) applied to sampled timesteps."""
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    """Gradient-norm clip (0 disables)."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    """ZeRO stage 0-3. At stage 3 the copy reference is sharded too."""
+    offload: bool = False
+    """Offload optimizer state (and at stage 3 parameters) to CPU memory."""
+    bf16: bool = False
+    """bf16 mixed precision through DeepSpeed (GPU runs)."""
+    config_path: str = ""
+    """A full DeepSpeed JSON to use instead of the settings above (batch sizes still come from data)."""
+    reference_zero3: bool = False
+    """Shard the copy reference with ZeRO-3 even when the policy is on a lower stage."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """Dataset folder (ipa.data shards)."""
+    micro_batch: int = 1
+    """Samples per rank per forward."""
+    grad_accum: int = 1
+    global_batch: int = 0
+    """> 0: samples per optimizer step over all ranks; grad_accum is then derived as
+    global_batch / (micro_batch x ranks), which must divide exactly."""
+    workers: int = 0
+    """DataLoader worker processes per rank."""
+
+
+@dataclass
+class RunConfig:
+    steps: int = 1000
+    """Optimizer steps."""
+    seed: int = 0
+    output_dir: str = "runs/ipa"
+    log_every: int = 1
+    save_every: int = 100
+    """Checkpoint interval in steps (0: only at the end)."""
+    resume: bool = True
+    """Continue from output_dir's latest checkpoint when there is one."""
+    export: bool = True
+    """Export the trained LoRA (diffusers format) or full model at the end."""
+    verify_weights: bool = False
+    """Record weight digests and per-rank parameter counts in rank<N>.json (gathers the weights
+    under ZeRO-3: for tests and small models)."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.family": ("wan-vace", "wan", "wan-animate"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "reference.mode": ("copy", "adapter", "precomputed"),
+    "objective.name": ("ipa", "sft", "dpo"),
+    "objective.timestep_sampling": ("uniform", "logit-normal"),
+}
+
+
+def _build(cls, data, prefix):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown key "
+                          f"(known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        key = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            kwargs[name] = _build(f.default_factory, value, key)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _parse_value(text):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one `a.b=value` override (value parsed as YAML) to the raw config mapping."""
+    if "=" not in item:
+        raise ConfigError(f"{item}: overrides are key=value (e.g. objective.beta=100)")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {p} is not a section")
+    node[parts[-1]] = _parse_value(value)
+
+
+def load_config(path=None, overrides=(), output_dir=None) -> TrainConfig:
+    """Read YAML `path` (or defaults), apply overrides, validate; ConfigError names the key."""
+    raw = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config: {str(p)!r} does not exist")
+        raw = yaml.safe_load(p.read_text()) or {}
+    for item in overrides:
+        apply_override(raw, item)
+    if output_dir:
+        raw.setdefault("run", {})["output_dir"] = str(output_dir)
+    cfg = _build(TrainConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def _require(ok, key, msg):
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
+    """Check values that would otherwise fail deep inside a distributed run."""
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _require(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+    ds, o, d, r = cfg.deepspeed, cfg.objective, cfg.data, cfg.run
+    _require(isinstance(ds.zero_stage, int) and 0 <= ds.zero_stage <= 3, "deepspeed.zero_stage",
+             f"must be 0, 1, 2 or 3, got {ds.zero_stage!r}")
+    _require(not ds.config_path or Path(ds.config_path).is_file(), "deepspeed.config_path",
+             f"{ds.config_path!r} does not exist")
+    _require(isinstance(o.beta, (int, float)) and o.beta > 0, "objective.beta", f"must be > 0, got {o.beta!r}")
+    _require(isinstance(o.hand_weight, (int, float)) and o.hand_weight >= 0, "objective.hand_weight",
+             f"must be >= 0, got {o.hand_weight!r}")
+    _require(isinstance(o.skip_frames, int) and o.skip_frames >= 0, "objective.skip_frames", "must be an int >= 0")
+    _require(o.shift > 0, "objective.shift", f"must be > 0, got {o.shift!r}")
+    _require(bool(d.path), "data.path", "is required (a dataset folder; `ipa data synth` makes one)")
+    _require((Path(d.path) / "manifest.jsonl").is_file(), "data.path",
+             f"{d.path!r} is not a dataset folder (no manifest.jsonl)")
+    for key in ("micro_batch", "grad_accum"):
+        v = getattr(d, key)
+        _require(isinstance(v, int) and v >= 1, f"data.{key}", f"must be an int >= 1, got {v!r}")
+    _require(isinstance(d.workers, int) and d.workers >= 0, "data.workers", "must be an int >= 0")
+    _require(isinstance(r.steps, int) and r.steps >= 1, "run.steps", f"must be an int >= 1, got {r.steps!r}")
+    _require(isinstance(r.save_every, int) and r.save_every >= 0, "run.save_every", "must be an int >= 0")
+    _require(isinstance(r.log_every, int) and r.log_every >= 1, "run.log_every", "must be an int >= 1")
+    _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr!r}")
+    _require(len(cfg.optimizer.betas) == 2, "optimizer.betas", "must be two numbers")
+    if cfg.lora.enabled:
+        _require(isinstance(cfg.lora.rank, int) and cfg.lora.rank >= 1, "lora.rank", "must be an int >= 1")
+        _require(bool(cfg.lora.targets), "lora.targets", "must list at least one module name")
+    m = cfg.reference.mode
+    if o.name in ("ipa", "dpo"):
+        _require(m != "adapter" or cfg.lora.enabled, "reference.mode",
+                 "adapter needs lora.enabled (full fine-tuning has no adapters to disable): use copy or precomputed")
+        _require(m != "precomputed" or Path(cfg.reference.store).is_file(), "reference.store",
+                 f"{cfg.reference.store!r} does not exist (run `ipa precompute-reference` first)")
+        _require(m != "precomputed" or cfg.reference.draws > 0, "reference.draws",
+                 "must be > 0 with the precomputed reference (the number of stored draws per sample)")
+    if world_size is not None:
+        from ipa.data.shards import read_manifest
+
+        if d.global_batch:
+            _require(d.global_batch % (d.micro_batch * world_size) == 0, "data.global_batch",
+                     f"{d.global_batch} is not divisible by micro_batch x ranks = {d.micro_batch} x {world_size}")
+            d.grad_accum = d.global_batch // (d.micro_batch * world_size)
+
+        n = len(read_manifest(d.path)[1])
+        per_step = d.micro_batch * world_size
+        _require(n >= per_step, "data.micro_batch",
+                 f"{n} samples cannot fill one global batch of {d.micro_batch} x {world_size} ranks")
+
+
+def dump(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False)

@@ -1,0 +1,62 @@
+"""What a run reports: a rank-0 progress bar, metrics.jsonl, TensorBoard, a loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class RunLog:
+    """Rank 0 only. `metrics.jsonl` gets one JSON object per step (`step`, `loss`, ...), flushed
+    each step; on resume, lines after the resumed step (from the killed run) are dropped."""
+
+    def __init__(self, output_dir, total_steps: int, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        self.dir = Path(output_dir)
+        self.path = self.dir / "metrics.jsonl"
+        kept = []
+        if self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(self.path, "a")
+        self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="ipa train", unit="step", dynamic_ncols=True)
+
+    def log(self, row: dict):
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self.tb.add_scalar(f"train/{k}", v, row["step"])
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "ipa_gap") if k in row})
+
+    def close(self):
+        self.bar.close()
+        self.tb.close()
+        self.file.close()
+        plot_losses(self.path, self.dir / "loss.png")
+
+
+def plot_losses(metrics_path, png_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    keys = [k for k in ("loss", "ipa_gap", "implicit_accuracy") if k in rows[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        ax.plot([r["step"] for r in rows], [r[k] for r in rows])
+        ax.set_xlabel("step")
+        ax.set_title(k)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

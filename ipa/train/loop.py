@@ -1,0 +1,204 @@
+"""The training loop: data -> (noise, t) draws -> policy and reference -> fused loss -> DeepSpeed step.
+
+Noise and timesteps come from `ipa.models.flow_draw`, keyed by (run seed, sample id, draw index):
+with `reference.draws = K` the draw is `epoch % K` (the draws `ipa precompute-reference` stored);
+otherwise it is the micro-step counter, unique per step. Together with the step-keyed data order
+this makes a resumed run bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ipa import models
+from ipa.data import ResumableSampler, ShardDataset, collate
+from ipa.ops import flow_dpo_loss, flow_ipa_loss, flow_sft_loss
+
+from . import checkpoint, engines
+from .config import TrainConfig, dump, validate
+from .logging import RunLog
+
+
+def init_distributed():
+    """Process group from the launcher's environment (torchrun / deepspeed), or a 1-process one."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _to(batch, device):
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def flow_inputs(cfg: TrainConfig, batch, draw: int):
+    o = cfg.objective
+    return models.flow_draw(batch, seed=cfg.run.seed, sampling=o.timestep_sampling, shift=o.shift,
+                            draws=[draw] * len(batch["sample_id"]), logit_mean=o.logit_mean, logit_std=o.logit_std)
+
+
+def step_loss(cfg: TrainConfig, engine, reference, batch, draw: int):
+    """(loss, metrics) of one micro batch."""
+    o, family = cfg.objective, cfg.model.family
+    d = flow_inputs(cfg, batch, draw)
+    mask = batch.get("hand_mask")
+    kw = dict(hand_weight=o.hand_weight, skip_frames=o.skip_frames)
+    pred = models.forward(engine, family, batch, d["noisy"], d["t"])
+    if o.name == "sft":
+        return flow_sft_loss(pred, d["target"], mask, **kw)
+    if o.name == "ipa":
+        if reference.mode == "precomputed":
+            ref_error = reference.error(batch, d["noisy"], d["t"], d["target"], mask, **kw)
+            return flow_ipa_loss(pred, d["target"], d["t"], mask, ref_error=ref_error, beta=o.beta, **kw)
+        ref_pred = reference.predict(batch, d["noisy"], d["t"])
+        return flow_ipa_loss(pred, d["target"], d["t"], mask, ref_pred=ref_pred, beta=o.beta, **kw)
+    # dpo: the loser latent shares noise and timestep with the winner
+    if "x0_loser" not in batch:
+        raise ValueError("objective.name=dpo needs an 'x0_loser' latent in every sample")
+    t = d["t"].view(-1, 1, 1, 1, 1)
+    x0_l = batch["x0_loser"]
+    noisy_l = ((1 - t) * x0_l.float() + t * d["noise"].float()).to(x0_l.dtype)
+    target_l = (d["noise"].float() - x0_l.float()).to(x0_l.dtype)
+    pred_l = models.forward(engine, family, batch, noisy_l, d["t"])
+    refs = {}
+    if reference.mode == "precomputed":
+        raise ValueError("objective.name=dpo supports reference.mode copy or adapter")
+    refs["ref_pred_w"] = reference.predict(batch, d["noisy"], d["t"])
+    refs["ref_pred_l"] = reference.predict(batch, noisy_l, d["t"])
+    return flow_dpo_loss(pred, pred_l, d["target"], target_l, mask, mask, beta=o.beta, **refs, **kw)
+
+
+def _mean_over_ranks(values: dict) -> dict:
+    names = sorted(values)
+    t = torch.stack([values[k].detach().float().reshape(()) for k in names]).cpu()
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(names, t.tolist()))
+
+
+def _peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _record_weights(cfg, engine, reference, rank, when, summary):
+    if not cfg.run.verify_weights:
+        return
+    local, full = engines.local_and_full_numel(engine.module)
+    summary[f"policy_numel_{when}"] = {"local": local, "full": full}
+    summary[f"policy_trainable_digest_{when}"] = engines.weights_digest(engine.module, only_trainable=True)
+    if reference is not None and reference.mode == "copy":
+        local, full = engines.local_and_full_numel(reference.model.module)
+        summary[f"reference_numel_{when}"] = {"local": local, "full": full}
+        summary[f"reference_digest_{when}"] = engines.weights_digest(reference.model.module)
+    if reference is not None and reference.mode == "adapter":  # the base weights are the reference
+        base = [(n, p) for n, p in engine.module.named_parameters() if "lora_" not in n]
+        import hashlib
+
+        import deepspeed
+
+        h = hashlib.sha256()
+        with deepspeed.zero.GatheredParameters([p for _, p in base], modifier_rank=None):
+            for n, p in base:
+                h.update(n.encode())
+                h.update(p.detach().float().cpu().numpy().tobytes())
+        summary[f"reference_digest_{when}"] = h.hexdigest()
+
+
+def export(cfg, engine, output_dir, rank):
+    """LoRA as a diffusers LoRA folder (`lora/`), or the full model as a diffusers folder (`model/`)."""
+    import deepspeed
+
+    module = engine.module
+    params = [p for n, p in module.named_parameters() if (not cfg.lora.enabled) or "lora_" in n]
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        if rank == 0:
+            if cfg.lora.enabled:
+                models.export_lora(module, Path(output_dir) / "lora")
+            else:
+                module.save_pretrained(Path(output_dir) / "model")
+    dist.barrier()
+
+
+def train(cfg: TrainConfig) -> dict:
+    device = init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    validate(cfg, world_size=world)
+    out = Path(cfg.run.output_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump(cfg))
+    torch.manual_seed(cfg.run.seed)
+
+    dataset = ShardDataset(cfg.data.path)
+    sampler = ResumableSampler(len(dataset), rank=rank, world_size=world, batch_size=cfg.data.micro_batch,
+                               seed=cfg.run.seed)
+    engine, _ = engines.build_policy(cfg, device, world)
+    reference = engines.build_reference(cfg, engine, device, world)
+
+    start = checkpoint.load(engine, out) if cfg.run.resume else 0
+    summary = {"rank": rank, "world_size": world, "start_step": start}
+    _record_weights(cfg, engine, reference, rank, "start", summary)
+
+    micro, accum = cfg.data.micro_batch, cfg.data.grad_accum
+    sampler.seek(start * accum * micro)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, collate_fn=collate,
+                                         num_workers=cfg.data.workers)
+    batches = iter(loader)
+    log = RunLog(out, cfg.run.steps, start) if rank == 0 else None
+    kill_at = int(os.environ.get("IPA_TRAIN_KILL_AT_STEP", "0"))  # tests: simulate a crash
+
+    engine.train()
+    for step in range(start, cfg.run.steps):
+        if kill_at and step == kill_at and rank == 0:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        t0 = time.perf_counter()
+        sums = {}
+        for m in range(accum):
+            consumed = (step * accum + m) * micro  # this rank's samples before this micro batch
+            epoch = consumed // sampler.per_rank
+            draw = epoch % cfg.reference.draws if cfg.reference.draws else step * accum + m
+            batch = _to(next(batches), device)
+            loss, metrics = step_loss(cfg, engine, reference, batch, draw)
+            engine.backward(loss)
+            engine.step()
+            for k, v in {"loss": loss.detach(), **metrics}.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() / accum
+        row = _mean_over_ranks(sums)
+        row = {"step": step + 1, **row, "lr": float(engine.get_lr()[0]),
+               "samples_per_s": micro * accum * world / (time.perf_counter() - t0),
+               "peak_memory_mb": _peak_memory_mb(device)}
+        gn = engine.get_global_grad_norm()
+        if gn is not None:
+            row["grad_norm"] = float(gn)
+        if log is not None and ((step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.steps):
+            log.log(row)
+        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or step + 1 == cfg.run.steps:
+            checkpoint.save(engine, out, step + 1)
+
+    if log is not None:
+        log.close()
+    _record_weights(cfg, engine, reference, rank, "end", summary)
+    if cfg.run.export:
+        export(cfg, engine, out, rank)
+    (out / f"rank{rank}.json").write_text(json.dumps(summary, indent=1))
+    dist.barrier()
+    return summary

@@ -1,0 +1,72 @@
+"""`ipa precompute-reference`: the reference's per-sample errors over deterministic draws, once,
+so that training holds no reference model (reference.mode = precomputed).
+
+Every rank evaluates its share of the samples (the pretrained model under the run's ZeRO stage);
+rank 0 gathers the errors and writes the store. Training with `reference.draws = K` regenerates
+exactly these (noise, t) draws (`ipa.models.flow_draw`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ipa import models
+from ipa.data import ShardDataset, collate
+from ipa.ops import halo_error
+
+from . import engines
+from .config import TrainConfig, validate
+from .loop import flow_inputs, init_distributed
+
+
+def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
+    if not (isinstance(draws, int) and draws >= 1):
+        raise ValueError(f"--draws must be an int >= 1, got {draws!r}")
+    device = init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    validate(cfg, world_size=None)
+    out_path = Path(out_path or cfg.reference.store or Path(cfg.run.output_dir) / "reference_errors.safetensors")
+    dataset = ShardDataset(cfg.data.path)
+    conf = engines.deepspeed_config(cfg, world, stage=cfg.deepspeed.zero_stage if cfg.deepspeed.zero_stage == 3 else 0,
+                                    inference=True)
+    model = engines._build_model(cfg, device, conf, zero3=conf["zero_optimization"]["stage"] == 3)
+    model.requires_grad_(False).eval()
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=model, config=conf)
+    o = cfg.objective
+    mine = list(range(rank, len(dataset), world))
+    # Under ZeRO-3 every rank must run the same number of forwards (parameters are gathered
+    # collectively), so ranks with fewer samples repeat their last one and drop the result.
+    rounds = -(-len(dataset) // world)
+    rows = []
+    from tqdm.auto import tqdm
+
+    for r in tqdm(range(rounds), desc="reference errors", disable=rank != 0):
+        i = mine[min(r, len(mine) - 1)]
+        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in collate([dataset[i]]).items()}
+        for d in range(draws):
+            draw = flow_inputs(cfg, batch, d)
+            with torch.no_grad():
+                pred = models.forward(engine, cfg.model.family, batch, draw["noisy"], draw["t"])
+                err = halo_error(pred, draw["target"], batch.get("hand_mask"), hand_weight=o.hand_weight,
+                                 skip_frames=o.skip_frames)
+            if r < len(mine):
+                rows.append((batch["sample_id"][0], d, float(draw["t"][0]), float(err[0])))
+    gathered = [None] * world
+    dist.all_gather_object(gathered, rows)
+    if rank == 0:
+        store = models.ReferenceStore(draws, seed=cfg.run.seed, sampling=o.timestep_sampling, shift=o.shift,
+                                      family=cfg.model.family, hand_weight=o.hand_weight, skip_frames=o.skip_frames)
+        for part in gathered:
+            for sid, d, t, e in part:
+                store.add(sid, d, t, e)
+        part_path = out_path.with_name(out_path.name + ".part")
+        store.save(part_path)
+        part_path.replace(out_path)
+        print(f"wrote {len(store)} samples x {draws} draws of reference errors to {out_path}")
+    dist.barrier()
+    return out_path

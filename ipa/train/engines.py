@@ -67,6 +67,9 @@ def _zero_init(conf, enabled):
 
 def _build_model(cfg: TrainConfig, device, conf, zero3: bool):
     m = cfg.model
+    # Import diffusers (and through it torch._dynamo) before zero.Init patches tensor constructors:
+    # importing it inside that context fails.
+    models.model_class(m.family)
     with _zero_init(conf, zero3):
         return models.build_transformer(m.family, m.source, dtype=DTYPES[m.dtype],
                                         attention_backend=m.attention_backend,

@@ -55,6 +55,7 @@ def flow_inputs(cfg: TrainConfig, batch, draw: int):
 def step_loss(cfg: TrainConfig, engine, reference, batch, draw: int):
     """(loss, metrics) of one micro batch."""
     o, family = cfg.objective, cfg.model.family
+    batch["draw"] = torch.full((len(batch["sample_id"]),), draw, dtype=torch.long)  # the precomputed lookup key
     d = flow_inputs(cfg, batch, draw)
     mask = batch.get("hand_mask")
     kw = dict(hand_weight=o.hand_weight, skip_frames=o.skip_frames)

@@ -1,0 +1,62 @@
+"""Run configs: shipped recipes load; bad values fail fast naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from ipa.data import synthesize
+from ipa.train.config import ConfigError, load_config, validate
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return str(synthesize(tmp_path_factory.mktemp("cfg") / "ds", n=8))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path, data):
+    cfg = load_config(path, [f"data.path={data}"])
+    assert cfg.objective.beta > 0 and cfg.data.path == data
+    if "14b" in path.name:  # the paper's setup
+        assert (cfg.objective.beta, cfg.objective.hand_weight, cfg.run.steps, cfg.data.global_batch) == (600, 10, 1000, 8)
+        assert cfg.model.source.startswith("/") and cfg.model.family == "wan-vace"
+        assert not cfg.lora.enabled if "full" in path.name else (cfg.lora.rank, cfg.lora.targets) == (128, ["to_q", "to_k", "to_v"])
+        validate(cfg, world_size=8)
+        assert cfg.data.grad_accum == 1
+
+
+def test_overrides_and_output_dir(data, tmp_path):
+    cfg = load_config(CONFIGS[0], [f"data.path={data}", "objective.beta=100", "lora.targets=[to_q]",
+                                   "run.steps=7"], output_dir=tmp_path / "o")
+    assert (cfg.objective.beta, cfg.lora.targets, cfg.run.steps) == (100, ["to_q"], 7)
+    assert cfg.run.output_dir == str(tmp_path / "o")
+
+
+@pytest.mark.parametrize("override,key", [
+    ("deepspeed.zero_stage=5", "deepspeed.zero_stage"),
+    ("objective.beta=0", "objective.beta"),
+    ("objective.beta=-3", "objective.beta"),
+    ("objective.name=ppo", "objective.name"),
+    ("model.family=sdxl", "model.family"),
+    ("data.micro_batch=0", "data.micro_batch"),
+    ("run.steps=0", "run.steps"),
+    ("objective.bta=1", "objective.bta"),
+    ("nonsense.key=1", "nonsense"),
+    ("reference.mode=precomputed", "reference.store"),
+    ("lora.enabled=false", "reference.mode"),
+])
+def test_bad_values_name_the_key(override, key, data):
+    with pytest.raises(ConfigError, match=rf"^{key}:"):
+        load_config(CONFIGS[0], [f"data.path={data}", override])
+
+
+def test_missing_data_and_batch_not_divisible(data, tmp_path):
+    with pytest.raises(ConfigError, match="^data.path: .* not a dataset folder"):
+        load_config(CONFIGS[0], [f"data.path={tmp_path}"])
+    cfg = load_config(CONFIGS[0], [f"data.path={data}", "data.global_batch=8", "data.micro_batch=1"])
+    with pytest.raises(ConfigError, match="^data.global_batch: 8 is not divisible"):
+        validate(cfg, world_size=3)
+    with pytest.raises(ConfigError, match="^--config:"):
+        load_config(tmp_path / "none.yaml")

@@ -12,6 +12,7 @@ from pathlib import Path
 BENCHMARKS = {
     "ops": "fused HALO/IPA loss forward+backward vs eager and torch.compile",
     "hands": "keypoints -> pixel/latent hand masks for an 81-frame 480x832 clip; MediaPipe frames/s",
+    "train": "ipa train steps/s and peak memory: SFT vs IPA per reference mode and ZeRO stage",
     "model": "one IPA step vs one SFT step per reference mode and attention backend (tiny CPU / 14B block on GPU)",
 }
 

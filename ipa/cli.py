@@ -18,6 +18,8 @@ COMMANDS = {
     "train": ("ipa.train.cli", "IPA / SFT / DPO post-training on DeepSpeed ZeRO"),
     "precompute-reference": ("ipa.train.cli", "reference errors over deterministic draws"),
     "eval": ("ipa.eval.cli", "metrics report: SSIM/PSNR/LPIPS/FVD and hand-region metrics"),
+    "generate": ("ipa.generate", "sample K candidates per condition with the policy (self-generated data)"),
+    "select": ("ipa.select.cli", "pick good candidates: auto hand scores, review page"),
 }
 
 

@@ -3,6 +3,8 @@ function) so that other modules (prepare, curate) add theirs with one line."""
 
 from __future__ import annotations
 
+from . import curate, prepare
+
 
 def _synth(args):
     from .synth import synthesize
@@ -42,7 +44,8 @@ def register_check(ds):
     q.set_defaults(func=_check)
 
 
-SUBCOMMANDS = {"synth": register_synth, "check": register_check}
+SUBCOMMANDS = {"synth": register_synth, "check": register_check, "prepare": prepare.register,
+               "curate": curate.register}
 
 
 def register(sub):

@@ -1,0 +1,99 @@
+"""Reading a folder written by `ipa generate`, and the `selection.json` file select and curate share.
+
+selection.json:
+
+    {"version": 1, "candidates_dir": ..., "auto": {method, weights, top, threshold},
+     "candidates": {"<condition>/cand-<k>": {"condition", "candidate", "scores": {...}, "score",
+                                             "rank", "auto": bool, "human": "good" | "bad" | null}}}
+
+A candidate is chosen when a person marked it good, or when nobody marked it and the auto pass kept
+it (`chosen`). Writes are atomic (temporary file + rename), so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipa.generate import CANDIDATE_FILES
+
+LABELS = ("good", "bad", None)
+
+
+@dataclass
+class Candidate:
+    condition: str
+    index: int
+    folder: Path
+    meta: dict
+
+    @property
+    def key(self) -> str:
+        return f"{self.condition}/cand-{self.index}"
+
+    @property
+    def video(self) -> Path:
+        return self.folder / "video.mp4"
+
+    @property
+    def latents(self) -> Path:
+        return self.folder / "latents.safetensors"
+
+
+def run_info(candidates_dir) -> dict:
+    path = Path(candidates_dir) / "run.json"
+    if not path.is_file():
+        raise ValueError(f"--candidates {str(candidates_dir)!r} has no run.json (not written by `ipa generate`?)")
+    return json.loads(path.read_text())
+
+
+def load_candidates(candidates_dir) -> list[Candidate]:
+    """Every candidate under `candidates_dir`, checked complete; ValueError naming a missing file."""
+    root = Path(candidates_dir)
+    run_info(root)
+    found = []
+    for folder in sorted(root.glob("*/cand-*")):
+        if not folder.is_dir():
+            continue
+        for name in CANDIDATE_FILES:
+            if not (folder / name).is_file():
+                raise ValueError(f"candidate folder {str(folder)!r} is missing {name} "
+                                 f"(expected {', '.join(CANDIDATE_FILES)}; rerun `ipa generate` to finish it)")
+        meta = json.loads((folder / "meta.json").read_text())
+        found.append(Candidate(folder.parent.name, int(folder.name.split("-", 1)[1]), folder, meta))
+    if not found:
+        raise ValueError(f"--candidates {str(root)!r} holds no candidate folders (<condition>/cand-<k>/)")
+    return sorted(found, key=lambda c: (c.condition, c.index))
+
+
+def read_selection(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"selection {str(path)!r} does not exist (run `ipa select auto` first)")
+    try:
+        sel = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"selection {str(path)!r} is not valid JSON: {e}") from e
+    if not isinstance(sel, dict) or not isinstance(sel.get("candidates"), dict):
+        raise ValueError(f"selection {str(path)!r} has no 'candidates' mapping")
+    return sel
+
+
+def write_selection(path, selection: dict) -> None:
+    """Atomic write: a reader (or a crash) sees the old file or the new one, never a mix."""
+    path = Path(path)
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    part.write_text(json.dumps(selection, indent=1))
+    os.replace(part, path)
+
+
+def chosen(selection: dict) -> list[str]:
+    """Keys of the candidates to train on: marked good, or kept by the auto pass and not marked."""
+    out = []
+    for key, c in selection["candidates"].items():
+        human = c.get("human")
+        if human == "good" or (human is None and c.get("auto")):
+            out.append(key)
+    return sorted(out)

@@ -179,7 +179,7 @@ def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, se
             side = condition_dir(conditions, sid) / "meta.json"
             fps = json.loads(side.read_text()).get("fps", 16.0) if side.is_file() else 16.0
             _save_candidate(candidate_dir(out, sid, k), lat.to(samples[i]["x0"].dtype), frames, fps,
-                            {"condition": sid, "candidate": k, "seed": s, **settings})
+                            {**settings, "base_seed": seed, "condition": sid, "candidate": k, "seed": s})
         bar.update(len(chunk))
     bar.close()
     if world > 1:

@@ -65,3 +65,38 @@ def inputs(tmp_path_factory):
     emb = root / "prompt.safetensors"
     save_file({"text_emb": torch.randn(TEXT_LEN, TEXT_DIM, generator=torch.Generator().manual_seed(0))}, str(emb))
     return videos, poses, vae, emb
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The tiny wan-vace transformer saved as a local folder, as `ipa generate --model` takes it."""
+    from ipa.models import build_transformer
+
+    path = tmp_path_factory.mktemp("model") / "transformer"
+    build_transformer("wan-vace", "tiny", dtype=torch.float32, seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def conditions(inputs, tmp_path_factory):
+    """`ipa data prepare` on the two clips (via the command line)."""
+    from ipa.cli import main
+
+    videos, poses, vae, emb = inputs
+    out = tmp_path_factory.mktemp("prepared") / "conditions"
+    assert main(["data", "prepare", "--videos", str(videos), "--poses", str(poses), "--vae", str(vae),
+                 "--text-emb", str(emb), "--out", str(out), "--size", f"{SIZE[0]}x{SIZE[1]}",
+                 "--frames", str(FRAMES)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def candidates(conditions, tiny_model, tmp_path_factory):
+    """`ipa generate`: 2 candidates per condition, 2 Euler steps, fp32, one batch of 4."""
+    from ipa.cli import main
+
+    out = tmp_path_factory.mktemp("generated") / "candidates"
+    assert main(["generate", "--model", str(tiny_model), "--conditions", str(conditions), "--out", str(out),
+                 "--candidates", "2", "--steps", "2", "--seed", "7", "--batch-size", "4",
+                 "--dtype", "float32"]) == 0
+    return out

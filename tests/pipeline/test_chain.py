@@ -1,0 +1,121 @@
+"""The whole self-generated data chain on tiny random models, through the `ipa` command line:
+prepare -> generate (2 candidates per condition) -> select auto (MediaPipe) -> curate -> the
+trainer's loader and the model's inputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ipa.cli import main
+from ipa.data import ShardDataset, collate
+
+from .conftest import FRAMES, SIZE, TEXT_DIM, TEXT_LEN
+
+
+def test_prepare_writes_vace_conditions(conditions):
+    ds = ShardDataset(conditions)
+    assert len(ds) == 2 and ds.info["family"] == "wan-vace" and ds.info["reference"]
+    s = ds[0]
+    h, w, k = SIZE[0] // 8, SIZE[1] // 8, (FRAMES - 1) // 4
+    assert s["x0"].shape == (16, 1 + k + 1, h, w)          # reference latent + clip latents
+    assert s["control"].shape == (96, 1 + k + 1, h, w)     # [inactive | reactive | 64 mask]
+    assert s["text_emb"].shape == (TEXT_LEN, TEXT_DIM)
+    assert s["hand_mask"].shape == (k + 1, h, w)
+    assert s["hand_mask"].sum() > 0                        # the keypoints' hands land on the grid
+    # the reference frame: latent in frame 0 of x0 and control, no pose, zero mask channels
+    assert torch.equal(s["control"][:16, 0], s["x0"][:, 0])
+    assert s["control"][16:, 0].abs().max() == 0
+    assert torch.all(s["control"][32:, 1:] == 1)
+    side = conditions / "conditions" / s["sample_id"]
+    hands = np.load(side / "hands.npy")
+    assert hands.shape[:1] == (FRAMES,) and hands.shape[2:] == (21, 3)
+    # keypoints went through the same resize-to-cover + center crop as the pixels: 40x56 -> 32x45,
+    # 6 columns cropped on the left
+    from .conftest import SRC_H, SRC_T, SRC_W, wholebody
+    src = wholebody(0, SRC_T)[91:112]
+    np.testing.assert_allclose(hands[0, 0, :, 0], src[:, 0] * 45 / SRC_W - 6, atol=1e-4)
+    np.testing.assert_allclose(hands[0, 0, :, 1], src[:, 1] * 32 / SRC_H, atol=1e-4)
+    for name in ("pose.mp4", "video.mp4", "reference.png", "meta.json"):
+        assert (side / name).is_file()
+
+
+def test_generate_writes_candidates(candidates, conditions):
+    from ipa.data.video import decode_video
+
+    run = json.loads((candidates / "run.json").read_text())
+    assert run["candidates"] == 2
+    cond = ShardDataset(conditions)[0]
+    seeds = set()
+    for k in range(2):
+        folder = candidates / cond["sample_id"] / f"cand-{k}"
+        x0 = load_file(str(folder / "latents.safetensors"))["x0"]
+        assert x0.shape == cond["x0"].shape and torch.isfinite(x0).all()
+        assert torch.equal(x0[:, 0], cond["x0"][:, 0])  # the reference slot keeps the encoded reference
+        frames, _ = decode_video(folder / "video.mp4")
+        assert frames.shape == (FRAMES, *SIZE, 3)
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["condition"] == cond["sample_id"] and meta["candidate"] == k
+        seeds.add(meta["seed"])
+    assert len(seeds) == 2
+    a = load_file(str(candidates / cond["sample_id"] / "cand-0" / "latents.safetensors"))["x0"]
+    b = load_file(str(candidates / cond["sample_id"] / "cand-1" / "latents.safetensors"))["x0"]
+    assert not torch.allclose(a[:, 1:], b[:, 1:])  # different seeds, different samples
+
+
+def test_sampling_does_not_depend_on_batching(conditions):
+    """A candidate is a function of its seed: batched or alone, the same latents."""
+    from ipa.generate import sample
+    from ipa.models import build_transformer
+
+    model = build_transformer("wan-vace", "tiny", dtype=torch.float32, seed=0).eval()
+    ds = ShardDataset(conditions)
+    cond = collate([ds[0], ds[1]])
+    both = sample(model, cond, [11, 12], steps=2)
+    alone = sample(model, {k: v[1:] for k, v in cond.items() if k != "sample_id"}, [12], steps=2)
+    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_select_curate_and_load(candidates, conditions, hand_model, tmp_path):
+    sel = tmp_path / "selection.json"
+    assert main(["select", "auto", "--candidates", str(candidates), "--out", str(sel),
+                 "--hand-model", str(hand_model)]) == 0
+    data = json.loads(sel.read_text())
+    assert len(data["candidates"]) == 4
+    for c in data["candidates"].values():
+        assert 0 <= c["score"] <= 1 and c["human"] is None and set(c["scores"]) >= {
+            "detection", "confidence", "jitter", "agreement"}
+    assert sum(c["auto"] for c in data["candidates"].values()) == 2  # top 1 of each condition
+    curated = tmp_path / "curated"
+    assert main(["data", "curate", "--candidates", str(candidates), "--selection", str(sel),
+                 "--out", str(curated)]) == 0
+
+    # The trainer's loader: ShardDataset + collate, then the model's own inputs and a forward pass.
+    from ipa.models import build_transformer, model_inputs
+
+    ds = ShardDataset(curated)
+    assert len(ds) == 2 and ds.info["curated"]
+    batch = collate([ds[i] for i in range(len(ds))])
+    cond = ShardDataset(conditions)
+    for i, sid in enumerate(batch["sample_id"]):
+        name, k = sid.rsplit("-cand", 1)
+        gen = load_file(str(candidates / name / f"cand-{k}" / "latents.safetensors"))["x0"]
+        assert torch.equal(batch["x0"][i], gen)
+        src = cond[[r["id"] for r in cond.records].index(name)]
+        assert torch.equal(batch["control"][i], src["control"]) and torch.equal(batch["hand_mask"][i], src["hand_mask"])
+    model = build_transformer("wan-vace", "tiny", dtype=torch.float32, seed=0)
+    t = torch.full((2,), 0.5)
+    out = model(**model_inputs("wan-vace", batch, torch.randn_like(batch["x0"]), t, config=model.config))[0]
+    assert out.shape == batch["x0"].shape
+
+
+def test_curate_needs_a_choice(candidates, tmp_path):
+    from ipa.data.curate import curate
+    from ipa.select.candidates import write_selection
+
+    sel = tmp_path / "none.json"
+    write_selection(sel, {"candidates": {"clip_a/cand-0": {"auto": False, "human": "bad"}}})
+    with pytest.raises(ValueError, match="chooses no candidate"):
+        curate(candidates, sel, tmp_path / "out")

@@ -1,8 +1,7 @@
 """The review page: one self-contained HTML document (inline CSS and JS, no CDN assets), kept as a
 Python string so that it ships inside the package without package-data configuration."""
 
-HTML = r"""\
-<!doctype html>
+HTML = r"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -80,7 +79,9 @@ function render(state) {
         (c.auto ? ' <span class="tag">auto pick</span>' : "") +
         `<br>det ${fmt(s.detection)} conf ${fmt(s.confidence)} agree ${fmt(s.agreement)} jitter ${fmt(s.jitter)}`;
       for (const b of card.querySelectorAll("button")) {
-        b.addEventListener("click", (e) => { e.stopPropagation(); focus = cards.indexOf(card); mark(card, b.dataset.label); });
+        b.addEventListener("click", (e) => {
+          e.stopPropagation(); focus = cards.indexOf(card); paintFocus(); mark(card, b.dataset.label);
+        });
       }
       card.addEventListener("click", () => { focus = cards.indexOf(card); paintFocus(); });
       paint(card, c.human);

@@ -63,7 +63,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout"],
+        "test": ["pytest>=8", "pytest-timeout", "selenium>=4.10"],  # selenium: the review-page browser test
         "flash": ["flash-attn>=2.6"],
     },
     entry_points={"console_scripts": ["ipa=ipa.cli:main"]},

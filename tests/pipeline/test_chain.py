@@ -119,3 +119,29 @@ def test_curate_needs_a_choice(candidates, tmp_path):
     write_selection(sel, {"candidates": {"clip_a/cand-0": {"auto": False, "human": "bad"}}})
     with pytest.raises(ValueError, match="chooses no candidate"):
         curate(candidates, sel, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_trainer_runs_on_the_curated_set(candidates, tmp_path):
+    """Two IPA steps of `ipa train` (tiny config, one rank) on a curated set: step 1 is log 2."""
+    import math
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ipa.select.auto import select
+    from ipa.select.candidates import load_candidates, write_selection
+
+    sel = tmp_path / "selection.json"
+    scored = {c.key: {"condition": c.condition, "candidate": c.index, "score": 0.5} for c in load_candidates(candidates)}
+    write_selection(sel, {"candidates": select(scored, top=1)})
+    assert main(["data", "curate", "--candidates", str(candidates), "--selection", str(sel),
+                 "--out", str(tmp_path / "curated")]) == 0
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "ipa.cli", "train", "--config", str(repo / "configs/tiny-cpu.yaml"),
+                           "--nproc", "1", "--output-dir", str(tmp_path / "run"), f"data.path={tmp_path / 'curated'}",
+                           "data.micro_batch=2", "run.steps=2", "run.save_every=2"],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)

@@ -183,7 +183,8 @@ def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, se
         bar.update(len(chunk))
     bar.close()
     if world > 1:
-        torch.distributed.barrier()
+        torch.distributed.barrier()  # every rank done before anyone reads the folder
+        torch.distributed.destroy_process_group()
     return out
 
 

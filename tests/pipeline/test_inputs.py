@@ -117,3 +117,16 @@ def test_candidate_folder_missing_a_file(candidates, tmp_path):
         load_candidates(copy)
     with pytest.raises(ValueError, match=r"no run\.json"):
         load_candidates(tmp_path)
+
+
+def test_prepare_with_mediapipe_hands(inputs, hand_model, tmp_path):
+    """--hand-source mediapipe: masks from detections on the prepared frames (none in these
+    synthetic clips, so the masks are empty while the keypoint masks are not)."""
+    from ipa.data import ShardDataset
+
+    videos, poses, vae, emb = inputs
+    out = prepare(videos, poses, tmp_path / "mp", vae=vae, text_emb=emb, size=SIZE, num_frames=FRAMES,
+                  hand_source="mediapipe", hand_model=hand_model, progress=False)
+    ds = ShardDataset(out)
+    assert ds.info["hand_source"] == "mediapipe"
+    assert ds[0]["hand_mask"].shape == (3, 4, 4) and ds[0]["hand_mask"].sum() == 0

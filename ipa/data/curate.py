@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 
 def curate(candidates_dir, selection, out, *, samples_per_shard: int = 16, progress: bool = True) -> Path:
     """Write the curated dataset `out`; ValueError when nothing is chosen or a file is missing."""

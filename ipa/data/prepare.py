@@ -106,6 +106,7 @@ def prepare(videos, poses, out, *, vae, text_encoder=None, text_emb=None, prompt
 
     from ipa.hands import latent_mask
     from ipa.hands.keypoints import find_pose_file
+    from ipa.hands.media import write_image
 
     from .encode import LatentCodec, PromptEncoder, load_text_embedding, load_vae
     from .pose_render import render_pose_video
@@ -160,7 +161,6 @@ def prepare(videos, poses, out, *, vae, text_encoder=None, text_emb=None, prompt
                 write_mp4(side / "pose.mp4", pose_video, fps)
                 write_mp4(side / "video.mp4", frames, fps)
                 np.save(side / "hands.npy", pose.hands.astype(np.float32))
-                from ipa.hands.media import write_image
                 write_image(side / "reference.png", frames[ref_i if ref_i is not None else 0])
                 (side / "meta.json").write_text(json.dumps({
                     "id": sid, "video": str(vpath), "keypoints": str(ppath), "fps": fps, "prompt": text,

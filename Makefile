@@ -11,6 +11,7 @@ STAMP  := $(VENV)/.ipa-installed
 .PHONY: install venv test test-fast demo bench clean
 
 install: $(STAMP)
+	@sh scripts/ensure_chromium.sh
 
 $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
 	@test -x $(PY) || $(MAKE) --no-print-directory venv

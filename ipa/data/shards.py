@@ -64,6 +64,7 @@ class ShardWriter:
         self.samples_per_shard = samples_per_shard
         self.info = {"format": FORMAT, "version": VERSION, **info}
         self._pending, self._records, self._ids, self._shards = {}, [], set(), 0
+        self._storages = set()  # storages held by the pending shard
 
     def add(self, sample_id: str, tensors: dict) -> None:
         sample_id = str(sample_id)
@@ -73,7 +74,7 @@ class ShardWriter:
         if bad:
             raise ValueError(f"sample {sample_id!r}: values must be tensors and keys without '/', bad keys {bad}")
         self._ids.add(sample_id)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        tensors = {k: self._own(v.detach().contiguous().cpu()) for k, v in tensors.items()}
         self._records.append({
             "id": sample_id, "shard": self._shard_name(self._shards),
             "shapes": {k: list(v.shape) for k, v in tensors.items()},
@@ -83,6 +84,16 @@ class ShardWriter:
         self._pending.update({f"{sample_id}/{k}": v for k, v in tensors.items()})
         if sum(1 for r in self._records if r["shard"] == self._shard_name(self._shards)) >= self.samples_per_shard:
             self._flush()
+
+    def _own(self, t: torch.Tensor) -> torch.Tensor:
+        """`t`, or a copy when its storage is shared (a view, or a tensor already added):
+        safetensors refuses to write shared storage under two names."""
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in self._storages or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+            ptr = t.untyped_storage().data_ptr()
+        self._storages.add(ptr)
+        return t
 
     @staticmethod
     def _shard_name(i: int) -> str:
@@ -97,7 +108,7 @@ class ShardWriter:
         part = path.with_name(path.name + ".part")
         save_file(self._pending, str(part), metadata={"format": FORMAT})
         os.replace(part, path)
-        self._pending, self._shards = {}, self._shards + 1
+        self._pending, self._shards, self._storages = {}, self._shards + 1, set()
 
     def close(self) -> Path:
         self._flush()

@@ -89,3 +89,12 @@ def test_sampler_is_deterministic_disjoint_and_resumable():
     assert take(resumed, 6) == full[6:]
     with pytest.raises(ValueError, match="smaller than one global batch"):
         ResumableSampler(3, world_size=2, batch_size=2)
+
+
+def test_writer_accepts_shared_and_view_tensors(tmp_path):
+    shared = torch.arange(6.0)
+    with ShardWriter(tmp_path / "d") as w:
+        w.add("a", {"x0": shared, "half": shared[:3]})
+        w.add("b", {"x0": shared})  # the same tensor object for a second sample
+    ds = ShardDataset(tmp_path / "d")
+    assert torch.equal(ds[1]["x0"], shared) and torch.equal(ds[0]["half"], shared[:3])

@@ -2,6 +2,7 @@
 Selenium): it loads, a click marks a candidate, selection.json changes on disk, a reload shows it."""
 
 import json
+import os
 import shutil
 import threading
 import urllib.error
@@ -67,6 +68,9 @@ def _chromium():
     browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     driver = shutil.which("chromedriver")
     if not (browser and driver):
+        if os.environ.get("CI"):  # CI runs `make test`, whose install step provides the browser
+            pytest.fail("CI: no chromium + chromedriver on PATH although scripts/ensure_chromium.sh ran "
+                        "(see /tmp/ensure_chromium.log)")
         pytest.skip("no chromium + chromedriver on PATH (run scripts/ensure_chromium.sh as root, or "
                     "apt-get install chromium chromium-driver)")
     return browser, driver

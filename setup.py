@@ -66,6 +66,6 @@ setup(
         "test": ["pytest>=8", "pytest-timeout", "selenium>=4.10"],  # selenium: the review-page browser test
         "flash": ["flash-attn>=2.6"],
     },
-    entry_points={"console_scripts": ["ipa=ipa.cli:main"]},
+    entry_points={"console_scripts": ["ipa=ipa.cli:entry"]},
     zip_safe=False,
 )

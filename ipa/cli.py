@@ -48,5 +48,17 @@ def main(argv=None):
     return args.func(args) or 0
 
 
+def entry():
+    """Console entry point: a user error (bad argument, bad config, missing file) prints one line
+    naming what is wrong and exits with status 2, without a traceback."""
+    try:
+        return main()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ipa: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -14,6 +14,7 @@ def _common(p):
     p.add_argument("--nproc", type=int, default=0,
                    help="start this many local processes with torchrun (default: run in this process, "
                         "or under the launcher that started it)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's latest checkpoint (run.resume)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.beta=100 run.steps=50")
 
@@ -41,10 +42,20 @@ def _argv_without_nproc(argv):
     return out
 
 
-def run_train(args, argv=None):
+def _load(args):
     from .config import load_config
 
-    cfg = load_config(args.config, args.overrides, output_dir=args.output_dir)  # fail fast, before launching
+    overrides = list(args.overrides) + (["run.resume=true"] if getattr(args, "resume", False) else [])
+    return load_config(args.config, overrides, output_dir=args.output_dir)  # fail fast, before launching
+
+
+def run_train(args, argv=None):
+    cfg = _load(args)
+    from .checkpoint import latest_tag
+
+    if not cfg.run.resume and latest_tag(cfg.run.output_dir) is not None:  # before any process starts
+        raise ValueError(f"run.output_dir {cfg.run.output_dir!r} already holds checkpoints: pass --resume "
+                         "to continue that run, or choose a new --output-dir")
     if args.nproc and "RANK" not in os.environ:
         return _relaunch(args, ["ipa.train", *_argv_without_nproc(argv if argv is not None else sys.argv[2:])])
     from .loop import train
@@ -54,9 +65,7 @@ def run_train(args, argv=None):
 
 
 def run_precompute(args, argv=None):
-    from .config import load_config
-
-    cfg = load_config(args.config, args.overrides, output_dir=args.output_dir)
+    cfg = _load(args)
     if args.nproc and "RANK" not in os.environ:
         return _relaunch(args, ["ipa.train.precompute_main",
                                 *_argv_without_nproc(argv if argv is not None else sys.argv[2:])])

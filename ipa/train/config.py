@@ -120,8 +120,9 @@ class RunConfig:
     log_every: int = 1
     save_every: int = 100
     """Checkpoint interval in steps (0: only at the end)."""
-    resume: bool = True
-    """Continue from output_dir's latest checkpoint when there is one."""
+    resume: bool = False
+    """Continue from output_dir's latest checkpoint (`--resume`). Without it, an output_dir that
+    already holds checkpoints is refused rather than overwritten."""
     export: bool = True
     """Export the trained LoRA (diffusers format) or full model at the end."""
     verify_weights: bool = False

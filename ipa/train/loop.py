@@ -144,6 +144,9 @@ def train(cfg: TrainConfig) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     validate(cfg, world_size=world)
     out = Path(cfg.run.output_dir)
+    if not cfg.run.resume and checkpoint.latest_tag(out) is not None:
+        raise ValueError(f"run.output_dir {str(out)!r} already holds checkpoints: pass --resume to continue "
+                         "that run, or choose a new --output-dir")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump(cfg))

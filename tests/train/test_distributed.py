@@ -94,7 +94,10 @@ def test_resume_after_sigkill_matches_straight_run(zero2_adapter, data, tmp_path
     out = tmp_path / "killed"
     proc = train(out, data, "run.steps=6", "run.save_every=3", env={"IPA_TRAIN_KILL_AT_STEP": "4"}, check=False)
     assert proc.returncode != 0 and (out / "checkpoints" / "latest").read_text().strip() == "step00000003"
-    train(out, data, "run.steps=6", "run.save_every=3")
+    refused = train(out, data, "run.steps=6", "run.save_every=3", check=False)  # no silent overwrite
+    assert refused.returncode != 0 and "pass --resume" in refused.stderr
+    ipa("train", "--config", TINY, "--nproc", "2", "--output-dir", str(out), f"data.path={data}",
+        "run.steps=6", "run.save_every=3", "--resume")
     assert losses(out) == losses(zero2_adapter)  # bit for bit
 
 
@@ -138,3 +141,33 @@ def test_bad_config_fails_before_any_process_starts(data, tmp_path):
                "--output-dir", str(tmp_path / "x"), check=False)
     assert proc.returncode != 0 and "deepspeed.zero_stage: must be 0, 1, 2 or 3" in proc.stderr
     assert "torchrun" not in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_dpo_objective_and_full_finetune_export(data, tmp_path):
+    from ipa.data import ShardDataset, ShardWriter
+
+    # DPO: each sample also carries a loser latent (same conditions, same noise and timestep).
+    ds = ShardDataset(data)
+    g = torch.Generator().manual_seed(0)
+    with ShardWriter(tmp_path / "pairs", family="wan-vace") as w:
+        for i in range(len(ds)):
+            s = ds[i]
+            sid = s.pop("sample_id")
+            s["x0_loser"] = s["x0"] + 0.5 * torch.randn(s["x0"].shape, generator=g)
+            w.add(sid, s)
+    train(tmp_path / "dpo", tmp_path / "pairs", "objective.name=dpo", "objective.beta=50",
+          "reference.mode=copy", "run.steps=2", "run.export=false")
+    rows = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-4 and "reward_margin" in rows[0]
+
+    # Full fine-tuning under ZeRO-3 exports a diffusers model folder with changed weights.
+    from diffusers import WanVACETransformer3DModel
+
+    from ipa.models import build_transformer
+
+    train(tmp_path / "full", data, "lora.enabled=false", "reference.mode=copy", "deepspeed.zero_stage=3",
+          "run.steps=2")
+    tuned = WanVACETransformer3DModel.from_pretrained(tmp_path / "full" / "model")
+    base = build_transformer("wan-vace", "tiny", dtype=torch.float32, attention_backend="native", seed=0)
+    changed = [n for (n, a), b in zip(tuned.named_parameters(), base.parameters()) if not torch.equal(a, b)]
+    assert changed and len(changed) > len(list(base.parameters())) // 2

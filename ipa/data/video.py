@@ -74,22 +74,13 @@ def frame_indices(total: int, num_frames: int, *, stride: int = 1, start: int = 
 
 
 def decode_video(path) -> tuple[np.ndarray, float]:
-    """All frames of `path` as RGB uint8 `[T, H, W, 3]` and its frame rate (PyAV)."""
-    import av
+    """All frames of `path` as RGB uint8 `[T, H, W, 3]` and its frame rate (PyAV, via ipa.hands)."""
+    from ipa.hands.media import read_video
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"video {str(path)!r} does not exist")
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or 16)
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    except (av.error.FFmpegError, IndexError) as e:
-        raise ValueError(f"could not decode video {str(path)!r}: {e}") from e
-    if not frames:
-        raise ValueError(f"video {str(path)!r} has no frames")
-    return np.stack(frames), fps
+    return read_video(path)
 
 
 def write_mp4(path, frames, fps: float = 16.0) -> Path:

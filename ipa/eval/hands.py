@@ -37,7 +37,7 @@ import numpy as np
 
 # Keypoint readers live in ipa.hands (the room to the left); the names below are eval's own.
 from ipa.hands.keypoints import find_pose_file  # noqa: F401  (re-exported for the runner)
-from ipa.hands.keypoints import hands_from_detections as detections_to_hands
+from ipa.hands.keypoints import hands_from_detections as detections_to_hands  # noqa: F401  (re-exported)
 from ipa.hands.keypoints import load_keypoints
 
 

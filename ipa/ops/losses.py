@@ -96,7 +96,7 @@ def flow_dpo_loss(model_pred_w, model_pred_l, target_w, target_l, hand_mask_w=No
     if e_ref_l is None:
         e_ref_l = _reference_error("ref_error_l", ref_error_l, model_pred_l, e_l)
     margin = (e_ref_w - e_w) - (e_ref_l - e_l)  # = -((e_w - e_ref_w) - (e_l - e_ref_l))
-    loss = -F.logsigmoid(beta / 2 * margin).mean()
+    loss = F.softplus(-beta / 2 * margin).mean()  # -logsigmoid; softplus stays serial on B elements
     metrics = {
         "reward_margin": margin.mean(),
         "implicit_accuracy": (margin > 0).to(e_w.dtype).mean(),

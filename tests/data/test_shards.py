@@ -1,6 +1,5 @@
 """The shard dataset format: round trip, verification, corrupt files named, resumable sampler."""
 
-import json
 
 import pytest
 import torch

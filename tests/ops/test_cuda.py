@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ipa.ops import flow_ipa_loss, flow_sft_loss, halo_error, reference
+from ipa.ops import flow_ipa_loss, flow_sft_loss, halo_error
 from ipa.ops._backends import resolve_backend
 
 from .test_halo_error import ODD, make_inputs, reference_err_and_grad

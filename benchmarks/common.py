@@ -80,20 +80,26 @@ def time_fn(fn, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2):
                              budget_s=budget_s, warmup=warmup)["fn"]
 
 
-def time_side_by_side(fns, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2):
-    """`time_fn` for several implementations, interleaved call by call so that a load spike or
-    a clock change hits all of them alike: ratios stay honest on a shared machine."""
+def time_side_by_side(fns, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2, block=4):
+    """`time_fn` for several implementations, interleaved in short blocks so that a load spike or
+    a clock change hits all of them alike (ratios stay honest on a shared machine).
+
+    Each block starts with one untimed call: switching implementation changes the allocator's
+    state (an eager step frees ~100 MB of temporaries), and that transition is not the
+    implementation's own cost."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     sync(device)
     times = {k: [] for k in fns}
     start = time.perf_counter()
-    n = 0
-    while n < max_reps and (n < min_reps or time.perf_counter() - start < budget_s * len(fns)):
+    while min(len(v) for v in times.values()) < max_reps and (
+            min(len(v) for v in times.values()) < min_reps or time.perf_counter() - start < budget_s * len(fns)):
         for k, fn in fns.items():
-            times[k].append(_time_once(fn, device))
-        n += 1
+            fn()
+            sync(device)
+            for _ in range(block):
+                times[k].append(_time_once(fn, device))
     return {k: _summary(v) for k, v in times.items()}
 
 

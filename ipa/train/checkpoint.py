@@ -3,15 +3,21 @@
 DeepSpeed writes each checkpoint (weights, optimizer, scheduler) under `checkpoints/<tag>/`; our
 own `checkpoints/latest` pointer is written only after every rank has finished (a barrier) and
 atomically (temporary file + rename), so a run killed mid-save resumes from the previous
-checkpoint. The client state holds the step; noise, timesteps and data order are functions of
-(seed, step), so nothing else is needed for a bit-identical continuation.
+checkpoint. The client state holds the step. Beside DeepSpeed's files each rank writes
+`rank<N>_state.pt`: its RNG states (python, numpy, torch, CUDA) and its data position (samples
+consumed, and the ranks x micro batch x accumulation layout that position assumes). Noise,
+timesteps and data order are functions of (seed, sample, step) anyway; the RNG states keep
+anything else random (dropout, a user's augmentation) on the same stream after a resume.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
+import torch
 import torch.distributed as dist
 
 LATEST = "latest"
@@ -26,11 +32,25 @@ def latest_tag(output_dir):
     return path.read_text().strip() if path.is_file() else None
 
 
-def save(engine, output_dir, step: int) -> str:
+def _rank_state_path(output_dir, tag: str, rank: int) -> Path:
+    return checkpoint_dir(output_dir) / tag / f"rank{rank}_state.pt"
+
+
+def rank_state(data: dict) -> dict:
+    """This rank's RNG states and data position (`data`: consumed, world_size, micro_batch, grad_accum)."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"rng": rng, "data": dict(data)}
+
+
+def save(engine, output_dir, step: int, data: dict | None = None) -> str:
+    """Checkpoint after `step` optimizer steps; `data` is this rank's data position (see rank_state)."""
     tag = f"step{step:08d}"
     root = checkpoint_dir(output_dir)
     engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
-    dist.barrier()
+    torch.save(rank_state(data or {}), _rank_state_path(output_dir, tag, dist.get_rank()))
+    dist.barrier()  # every rank's files are complete before the pointer moves
     if dist.get_rank() == 0:
         part = root / (LATEST + ".part")
         part.write_text(tag + "\n")
@@ -39,12 +59,36 @@ def save(engine, output_dir, step: int) -> str:
     return tag
 
 
+def check_layout(output_dir, data: dict) -> None:
+    """Refuse a resume whose ranks x micro batch x accumulation differ from the checkpoint's: the data
+    position (and DeepSpeed's partitioned optimizer state) would not carry over exactly."""
+    tag = latest_tag(output_dir)
+    path = _rank_state_path(output_dir, tag, 0) if tag else None
+    if path is None or not path.is_file():
+        return
+    saved = torch.load(path, weights_only=False)["data"]
+    for key, name in (("world_size", "number of ranks"), ("micro_batch", "data.micro_batch"),
+                      ("grad_accum", "data.grad_accum")):
+        if key in saved and saved[key] != data[key]:
+            raise ValueError(f"{name}: the checkpoint {tag} was written with {saved[key]}, this run has "
+                             f"{data[key]}; resume with the same layout (or start a new --output-dir)")
+
+
 def load(engine, output_dir) -> int:
-    """Restore the latest checkpoint into `engine`; returns the step to continue from (0: none)."""
+    """Restore the latest checkpoint into `engine` and this rank's RNG states; returns the step to
+    continue from (0: none)."""
     tag = latest_tag(output_dir)
     if tag is None:
         return 0
     path, client = engine.load_checkpoint(str(checkpoint_dir(output_dir)), tag=tag)
     if path is None:
         raise RuntimeError(f"checkpoint {tag} in {checkpoint_dir(output_dir)} could not be loaded")
+    state_path = _rank_state_path(output_dir, tag, dist.get_rank())
+    if state_path.is_file():
+        rng = torch.load(state_path, weights_only=False)["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
     return int(client["step"])

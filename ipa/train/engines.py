@@ -20,6 +20,7 @@ import torch
 from ipa import models
 from ipa.models.reference import AdapterReference, PrecomputedReference, Reference
 
+from . import zero3 as zero3_load
 from .config import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,15 +67,30 @@ def _zero_init(conf, enabled):
 
 
 def _build_model(cfg: TrainConfig, device, conf, zero3: bool):
+    """The transformer of `cfg.model`; at ZeRO-3 partitioned from birth (see `ipa.train.zero3`)."""
     m = cfg.model
     # Import diffusers (and through it torch._dynamo) before zero.Init patches tensor constructors:
     # importing it inside that context fails.
-    models.model_class(m.family)
+    cls = models.model_class(m.family)
+    source = m.source
+    from_folder = zero3 and not isinstance(source, dict) and source != "tiny"
+    if from_folder:  # from_pretrained cannot run under zero.Init: build from config, stream weights in
+        found = zero3_load.folder_config(source).get("_class_name")
+        if found is not None and found != cls.__name__:
+            raise ValueError(f"model.source: {source!r} holds a {found}, but model.family={m.family!r} "
+                             f"needs {cls.__name__}")
+        source = {k: v for k, v in zero3_load.folder_config(source).items() if not k.startswith("_")}
     with _zero_init(conf, zero3):
-        return models.build_transformer(m.family, m.source, dtype=DTYPES[m.dtype],
-                                        attention_backend=m.attention_backend,
-                                        gradient_checkpointing=m.gradient_checkpointing,
-                                        seed=m.seed, device=device)
+        model = models.build_transformer(m.family, source, dtype=DTYPES[m.dtype],
+                                         attention_backend=m.attention_backend,
+                                         gradient_checkpointing=m.gradient_checkpointing,
+                                         seed=m.seed, device=device)
+    if zero3:
+        zero3_load.align_partitioned_dtypes(model)
+    if from_folder:
+        zero3_load.load_weights(model, m.source)
+        model.ipa_build = {**getattr(model, "ipa_build", {}), "source": m.source}
+    return model
 
 
 def warmup_schedule(optimizer, warmup_steps: int):
@@ -107,12 +123,7 @@ def _source_config(cfg):
     src = cfg.model.source
     if isinstance(src, dict):
         return {**models.tiny_config(cfg.model.family), **src}
-    from pathlib import Path
-
-    for cand in (Path(src) / "config.json", Path(src) / "transformer" / "config.json"):
-        if cand.is_file():
-            return json.loads(cand.read_text())
-    raise ValueError(f"model.source: no config.json in {src!r} (or its transformer/ folder)")
+    return zero3_load.folder_config(src)
 
 
 def build_reference(cfg: TrainConfig, engine, device, world_size: int) -> Reference:

@@ -158,11 +158,14 @@ def train(cfg: TrainConfig) -> dict:
     engine, _ = engines.build_policy(cfg, device, world)
     reference = engines.build_reference(cfg, engine, device, world)
 
+    micro, accum = cfg.data.micro_batch, cfg.data.grad_accum
+    layout = {"world_size": world, "micro_batch": micro, "grad_accum": accum}
+    if cfg.run.resume:
+        checkpoint.check_layout(out, layout)
     start = checkpoint.load(engine, out) if cfg.run.resume else 0
     summary = {"rank": rank, "world_size": world, "start_step": start}
     _record_weights(cfg, engine, reference, rank, "start", summary)
 
-    micro, accum = cfg.data.micro_batch, cfg.data.grad_accum
     sampler.seek(start * accum * micro)
     loader = torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, collate_fn=collate,
                                          num_workers=cfg.data.workers)
@@ -196,11 +199,12 @@ def train(cfg: TrainConfig) -> dict:
         if log is not None and ((step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.steps):
             log.log(row)
         if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or step + 1 == cfg.run.steps:
-            checkpoint.save(engine, out, step + 1)
+            checkpoint.save(engine, out, step + 1, {**layout, "consumed": (step + 1) * accum * micro})
 
     if log is not None:
         log.close()
     _record_weights(cfg, engine, reference, rank, "end", summary)
+    summary["peak_memory_mb"] = _peak_memory_mb(device)
     if cfg.run.export:
         export(cfg, engine, out, rank)
     (out / f"rank{rank}.json").write_text(json.dumps(summary, indent=1))

@@ -55,9 +55,21 @@ def zero2_adapter(data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def zero3_copy(data, tmp_path_factory):
+def pretrained(tmp_path_factory):
+    """A local diffusers folder of the tiny model (weights from seed 7, not the config's seed 0)."""
+    from ipa.models import build_transformer
+
+    folder = tmp_path_factory.mktemp("pretrained") / "transformer"
+    build_transformer("wan-vace", "tiny", dtype=torch.float32, attention_backend="native", seed=7).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def zero3_copy(data, pretrained, tmp_path_factory):
+    """Policy and copy reference both loaded from a folder under zero.Init (streamed into shards)."""
     out = tmp_path_factory.mktemp("zero3")
-    train(out, data, "run.steps=3", "deepspeed.zero_stage=3", "reference.mode=copy", "run.verify_weights=true")
+    train(out, data, "run.steps=3", "deepspeed.zero_stage=3", "reference.mode=copy", "run.verify_weights=true",
+          f"model.source={pretrained}")
     return out
 
 
@@ -70,12 +82,18 @@ def check_ipa_run(out):
         assert r["policy_trainable_digest_start"] != r["policy_trainable_digest_end"], "the policy must train"
 
 
-def test_zero3_copy_reference(zero3_copy):
+def test_zero3_copy_reference(zero3_copy, pretrained):
+    from diffusers import WanVACETransformer3DModel
+
+    from ipa.train.engines import weights_digest
+
     check_ipa_run(zero3_copy)
+    loaded = weights_digest(WanVACETransformer3DModel.from_pretrained(pretrained))
     for r in ranks(zero3_copy):  # each rank holds about half of each model
         for model in ("policy", "reference"):
             n = r[f"{model}_numel_start"]
             assert abs(n["local"] - n["full"] / 2) <= 0.02 * n["full"], (model, n)
+        assert r["reference_digest_start"] == loaded, "the sharded reference holds the folder's weights"
 
 
 def test_zero2_adapter_reference_outputs(zero2_adapter):
@@ -87,6 +105,9 @@ def test_zero2_adapter_reference_outputs(zero2_adapter):
     assert (zero2_adapter / "loss.png").stat().st_size > 0
     assert any((zero2_adapter / "tensorboard").iterdir())
     assert (zero2_adapter / "checkpoints" / "latest").read_text().strip() == "step00000006"
+    state = torch.load(zero2_adapter / "checkpoints" / "step00000006" / "rank1_state.pt", weights_only=False)
+    assert state["data"] == {"world_size": 2, "micro_batch": 2, "grad_accum": 1, "consumed": 12}
+    assert all("peak_memory_mb" in r for r in ranks(zero2_adapter))
 
 
 def test_resume_after_sigkill_matches_straight_run(zero2_adapter, data, tmp_path):

@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": ("ipa.eval.cli", "metrics report: SSIM/PSNR/LPIPS/FVD and hand-region metrics"),
     "generate": ("ipa.generate", "sample K candidates per condition with the policy (self-generated data)"),
     "select": ("ipa.select.cli", "pick good candidates: auto hand scores, review page"),
+    "demo": ("ipa.demo.cli", "end-to-end miniature of the paper's ablation on CPU (demo_out/)"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`python -m ipa.train --config C.yaml` (also under `torchrun -m` and `deepspeed -m`)."""
+"""`python -m ipa.train --config C.yaml` (also under `torchrun -m` and `deepspeed --module`: its launcher spells -m that way)."""
 
 import sys
 

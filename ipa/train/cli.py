@@ -1,5 +1,5 @@
 """`ipa train` and `ipa precompute-reference`, and the entry point launchers run
-(`torchrun -m ipa.train`, `deepspeed -m ipa.train`, `python -m ipa.train`)."""
+(`torchrun -m ipa.train`, `deepspeed --module ipa.train`, `python -m ipa.train`)."""
 
 from __future__ import annotations
 

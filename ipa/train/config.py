@@ -40,8 +40,11 @@ class LoraConfig:
     enabled: bool = True
     """LoRA on `targets` (the paper: q/k/v, rank 128); false = full fine-tuning."""
     rank: int = 128
+    """LoRA rank r."""
     alpha: float = 128.0
+    """LoRA scale numerator (the update is scaled by alpha / rank)."""
     targets: list = field(default_factory=lambda: ["to_q", "to_k", "to_v"])
+    """Module names that get adapters (PEFT `target_modules`)."""
 
 
 @dataclass
@@ -61,6 +64,7 @@ class ObjectiveConfig:
     name: str = "ipa"
     """ipa | sft | dpo (dpo needs a loser latent `x0_loser` in every sample)."""
     beta: float = 600.0
+    """IPA / DPO temperature (the paper: 600); the IPA logit is beta/2 (1 - t)^2 (err_ref - err)."""
     hand_weight: float = 10.0
     """HALO weight of hand cells (1 = plain flow matching)."""
     skip_frames: int = 1
@@ -68,7 +72,9 @@ class ObjectiveConfig:
     timestep_sampling: str = "uniform"
     """uniform | logit-normal (SD3-style, with logit_mean / logit_std)."""
     logit_mean: float = 0.0
+    """Mean of the normal whose sigmoid is t (logit-normal sampling)."""
     logit_std: float = 1.0
+    """Standard deviation of that normal."""
     shift: float = 1.0
     """Flow shift s' = shift s / (1 + (shift - 1) s) applied to sampled timesteps."""
 
@@ -76,9 +82,13 @@ class ObjectiveConfig:
 @dataclass
 class OptimizerConfig:
     lr: float = 1e-4
+    """Peak learning rate of AdamW."""
     betas: list = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (beta1, beta2)."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     warmup_steps: int = 0
+    """Linear warmup from lr / warmup_steps to lr over this many steps, then constant."""
     grad_clip: float = 1.0
     """Gradient-norm clip (0 disables)."""
 
@@ -104,6 +114,7 @@ class DataConfig:
     micro_batch: int = 1
     """Samples per rank per forward."""
     grad_accum: int = 1
+    """Micro batches per optimizer step (ignored when global_batch is set)."""
     global_batch: int = 0
     """> 0: samples per optimizer step over all ranks; grad_accum is then derived as
     global_batch / (micro_batch x ranks), which must divide exactly."""
@@ -116,8 +127,11 @@ class RunConfig:
     steps: int = 1000
     """Optimizer steps."""
     seed: int = 0
+    """Seeds the data order and every (noise, t) draw."""
     output_dir: str = "runs/ipa"
+    """Where config.yaml, metrics, TensorBoard, checkpoints and exports go (`--output-dir`)."""
     log_every: int = 1
+    """Write a metrics row every this many steps."""
     save_every: int = 100
     """Checkpoint interval in steps (0: only at the end)."""
     resume: bool = False
@@ -169,8 +183,39 @@ def _build(cls, data, prefix):
         if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
             kwargs[name] = _build(f.default_factory, value, key)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, f.type, key)
     return cls(**kwargs)
+
+
+def _coerce(value, type_name: str, key: str):
+    """`value` as the field's declared type, or ConfigError naming the key.
+
+    YAML reads `1e-4` (no dot) as a string, so numeric strings are accepted for float fields.
+    """
+    if type_name == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value) if isinstance(value, str) else _fail(key, "a number", value)
+        except ValueError:
+            _fail(key, "a number", value)
+    if type_name == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        _fail(key, "an integer", value)
+    if type_name == "bool":
+        return value if isinstance(value, bool) else _fail(key, "true or false", value)
+    if type_name == "str":
+        return value if isinstance(value, str) else _fail(key, "a string", value)
+    if type_name == "list":
+        return list(value) if isinstance(value, (list, tuple)) else _fail(key, "a list", value)
+    return value  # object: checked by validate()
+
+
+def _fail(key, expected, value):
+    raise ConfigError(f"{key}: must be {expected}, got {value!r}")
 
 
 def _parse_value(text):
@@ -232,9 +277,25 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
              f"must be >= 0, got {o.hand_weight!r}")
     _require(isinstance(o.skip_frames, int) and o.skip_frames >= 0, "objective.skip_frames", "must be an int >= 0")
     _require(o.shift > 0, "objective.shift", f"must be > 0, got {o.shift!r}")
+    src = cfg.model.source
+    if isinstance(src, str) and src != "tiny":
+        _require(any((Path(src) / sub / "config.json").is_file() for sub in ("", "transformer")), "model.source",
+                 f"{src!r} is not a local diffusers model folder (no config.json, nor transformer/config.json); "
+                 "ipa never downloads weights")
+    else:
+        _require(isinstance(src, (str, dict)), "model.source", f"must be a folder, 'tiny' or a mapping, got {src!r}")
+    _require(cfg.reference.draws >= 0, "reference.draws", f"must be >= 0, got {cfg.reference.draws}")
+    _require(cfg.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
+    _require(cfg.optimizer.grad_clip >= 0, "optimizer.grad_clip", "must be >= 0 (0 disables clipping)")
+    _require(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+    _require(d.global_batch >= 0, "data.global_batch", "must be >= 0 (0: micro_batch x grad_accum x ranks)")
     _require(bool(d.path), "data.path", "is required (a dataset folder; `ipa data synth` makes one)")
     _require((Path(d.path) / "manifest.jsonl").is_file(), "data.path",
              f"{d.path!r} is not a dataset folder (no manifest.jsonl)")
+    info = Path(d.path) / "dataset.json"
+    family = json.loads(info.read_text()).get("family") if info.is_file() else None
+    _require(family in (None, cfg.model.family), "data.path",
+             f"{d.path!r} holds {family} samples, but model.family is {cfg.model.family!r}")
     for key in ("micro_batch", "grad_accum"):
         v = getattr(d, key)
         _require(isinstance(v, int) and v >= 1, f"data.{key}", f"must be an int >= 1, got {v!r}")

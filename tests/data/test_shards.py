@@ -97,3 +97,17 @@ def test_writer_accepts_shared_and_view_tensors(tmp_path):
         w.add("b", {"x0": shared})  # the same tensor object for a second sample
     ds = ShardDataset(tmp_path / "d")
     assert torch.equal(ds[1]["x0"], shared) and torch.equal(ds[0]["half"], shared[:3])
+
+
+@pytest.mark.parametrize("family", ["wan-vace", "wan", "wan-animate"])
+def test_synth_batches_feed_the_model(family, tmp_path):
+    """Every family's synthetic samples carry the keys its transformer needs (ipa.models.inputs)."""
+    from ipa import models
+
+    ds = ShardDataset(synthesize(tmp_path / family, family=family, n=2))
+    batch = collate([ds[0], ds[1]])
+    model = models.build_transformer(family, "tiny", dtype=torch.float32, attention_backend="native", seed=0)
+    d = models.flow_draw(batch, seed=0, draws=[0, 0])
+    with torch.no_grad():
+        out = models.forward(model, family, batch, d["noisy"], d["t"])
+    assert out.shape == d["target"].shape and torch.isfinite(out).all()

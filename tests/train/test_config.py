@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ipa.data import synthesize
 from ipa.train.config import ConfigError, load_config, validate
@@ -16,12 +17,17 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_shipped_configs_load(path, data):
-    cfg = load_config(path, [f"data.path={data}"])
+def test_shipped_configs_load(path, data, tmp_path):
+    overrides = [f"data.path={data}"]
+    if "14b" in path.name:  # the checkpoint folder is not here: stand in a folder with a config.json
+        (tmp_path / "transformer").mkdir()
+        (tmp_path / "transformer" / "config.json").write_text("{}")
+        overrides.append(f"model.source={tmp_path}")
+    cfg = load_config(path, overrides)
     assert cfg.objective.beta > 0 and cfg.data.path == data
     if "14b" in path.name:  # the paper's setup
         assert (cfg.objective.beta, cfg.objective.hand_weight, cfg.run.steps, cfg.data.global_batch) == (600, 10, 1000, 8)
-        assert cfg.model.source.startswith("/") and cfg.model.family == "wan-vace"
+        assert yaml.safe_load(path.read_text())["model"]["source"].startswith("/") and cfg.model.family == "wan-vace"
         assert not cfg.lora.enabled if "full" in path.name else (cfg.lora.rank, cfg.lora.targets) == (128, ["to_q", "to_k", "to_v"])
         validate(cfg, world_size=8)
         assert cfg.data.grad_accum == 1
@@ -46,10 +52,22 @@ def test_overrides_and_output_dir(data, tmp_path):
     ("nonsense.key=1", "nonsense"),
     ("reference.mode=precomputed", "reference.store"),
     ("lora.enabled=false", "reference.mode"),
+    ("optimizer.lr=abc", "optimizer.lr"),
+    ("run.steps=2.5", "run.steps"),
+    ("lora.enabled=maybe", "lora.enabled"),
+    ("model.source=/no/such/folder", "model.source"),
+    ("reference.draws=-1", "reference.draws"),
+    ("model.family=wan", "data.path"),  # the dataset was written for wan-vace
 ])
 def test_bad_values_name_the_key(override, key, data):
     with pytest.raises(ConfigError, match=rf"^{key}:"):
         load_config(CONFIGS[0], [f"data.path={data}", override])
+
+
+def test_yaml_exponent_strings_are_numbers(data):
+    # PyYAML reads 1e-4 (no dot) as a string; a float field takes it as the number.
+    cfg = load_config(CONFIGS[0], [f"data.path={data}", "optimizer.lr=1e-4", "objective.beta=600"])
+    assert cfg.optimizer.lr == 1e-4 and isinstance(cfg.objective.beta, float)
 
 
 def test_missing_data_and_batch_not_divisible(data, tmp_path):

@@ -44,7 +44,8 @@ def _batch(videos, poses, idx, gen):
 
 
 def pretrain(out, *, minutes: float = 8.0, batch: int = 8, lr: float = 1e-3, n_clips: int = len(PRETRAIN_SEEDS),
-             seed: int = 0, log=print) -> dict:
+             seed: int = 0, init=None, log=print) -> dict:
+    """Train for `minutes` of wall clock (from `init`, a saved folder, to continue a run); save to `out`."""
     from ipa.models import model_inputs
 
     torch.manual_seed(seed)
@@ -56,7 +57,12 @@ def pretrain(out, *, minutes: float = 8.0, batch: int = 8, lr: float = 1e-3, n_c
     rendered = [render_video(p) for p in clips]
     videos, poses = [v for v, _ in rendered], [p for _, p in rendered]
     log(f"rendered {len(videos)} clips in {time.time() - t0:.0f} s")
-    model = build(seed)
+    if init:
+        from ipa.models import build_transformer
+
+        model = build_transformer("wan-vace", str(init), dtype=torch.float32, attention_backend="native")
+    else:
+        model = build(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     cfg = dict(model.config)
@@ -80,7 +86,8 @@ def pretrain(out, *, minutes: float = 8.0, batch: int = 8, lr: float = 1e-3, n_c
     model.eval()
     out = Path(out)
     model.save_pretrained(out)
-    result = {"steps": step, "batch": batch, "lr": lr, "minutes": minutes, "final_loss": float(np.mean(losses[-100:])),
+    prev = json.loads((Path(init) / "pretrain.json").read_text()).get("steps", 0) if init and (Path(init) / "pretrain.json").is_file() else 0
+    result = {"steps": prev + step, "batch": batch, "lr": lr, "minutes": minutes, "final_loss": float(np.mean(losses[-100:])),
               **evaluate(model)}
     (out / "pretrain.json").write_text(json.dumps(result, indent=1))
     log(json.dumps(result))
@@ -101,8 +108,10 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clips", type=int, default=len(PRETRAIN_SEEDS))
+    p.add_argument("--init", default=None, help="continue from this saved model folder")
     a = p.parse_args(argv)
-    pretrain(a.out, minutes=a.minutes, batch=a.batch, lr=a.lr, n_clips=a.clips)
+    pretrain(a.out, minutes=a.minutes, batch=a.batch, lr=a.lr, n_clips=a.clips, init=a.init,
+             log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":

@@ -42,10 +42,12 @@ def _argv_without_nproc(argv):
     return out
 
 
-def _load(args):
+def _load(args, precompute=False):
     from .config import load_config
 
     overrides = list(args.overrides) + (["run.resume=true"] if getattr(args, "resume", False) else [])
+    if precompute:  # the run's own config may already say precomputed: its store is what we write
+        overrides.append("reference.mode=copy")
     return load_config(args.config, overrides, output_dir=args.output_dir)  # fail fast, before launching
 
 
@@ -65,7 +67,11 @@ def run_train(args, argv=None):
 
 
 def run_precompute(args, argv=None):
-    cfg = _load(args)
+    cfg = _load(args, precompute=True)
+    if args.draws is None:  # default: the draws the run's config asks for
+        args.draws = cfg.reference.draws
+        if args.draws < 1:
+            raise ValueError("--draws: give the number of draws per sample (or set reference.draws in the config)")
     if args.nproc and "RANK" not in os.environ:
         return _relaunch(args, ["ipa.train.precompute_main",
                                 *_argv_without_nproc(argv if argv is not None else sys.argv[2:])])
@@ -81,7 +87,8 @@ def register(sub):
     p.set_defaults(func=lambda a: run_train(a, sys.argv[2:]))
     p = sub.add_parser("precompute-reference", help="reference errors over deterministic draws (no reference at train time)")
     _common(p)
-    p.add_argument("--draws", type=int, required=True, help="draws per sample (train with reference.draws=K)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="draws per sample (default: reference.draws of the config; train with reference.draws=K)")
     p.add_argument("--out", default=None, help="store path (default reference.store or OUTPUT/reference_errors.safetensors)")
     p.set_defaults(func=lambda a: run_precompute(a, sys.argv[2:]))
 
@@ -91,7 +98,7 @@ def module_main(kind, argv=None):
     parser = argparse.ArgumentParser(prog=f"python -m ipa.train{'.precompute_main' if kind == 'precompute' else ''}")
     _common(parser)
     if kind == "precompute":
-        parser.add_argument("--draws", type=int, required=True)
+        parser.add_argument("--draws", type=int, default=None)
         parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     return (run_precompute if kind == "precompute" else run_train)(args, argv)

@@ -114,7 +114,7 @@ def build_policy(cfg: TrainConfig, device, world_size: int):
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optimizer
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    engine, optimizer, _, scheduler = deepspeed.initialize(
+    engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=warmup_schedule(optimizer, o.warmup_steps), config=conf)
     return engine, conf
 

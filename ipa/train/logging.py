@@ -21,7 +21,7 @@ class RunLog:
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= start_step]
         self.path.write_text("".join(line + "\n" for line in kept))
-        self.file = open(self.path, "a")
+        self.file = open(self.path, "a")  # noqa: SIM115 (held for the run, closed in close())
         self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="ipa train", unit="step", dynamic_ncols=True)
 

@@ -35,7 +35,7 @@ def init_distributed():
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
-    local = int(os.environ.get("LOCAL_RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
@@ -58,7 +58,7 @@ def step_loss(cfg: TrainConfig, engine, reference, batch, draw: int):
     batch["draw"] = torch.full((len(batch["sample_id"]),), draw, dtype=torch.long)  # the precomputed lookup key
     d = flow_inputs(cfg, batch, draw)
     mask = batch.get("hand_mask")
-    kw = dict(hand_weight=o.hand_weight, skip_frames=o.skip_frames)
+    kw = {"hand_weight": o.hand_weight, "skip_frames": o.skip_frames}
     pred = models.forward(engine, family, batch, d["noisy"], d["t"])
     if o.name == "sft":
         return flow_sft_loss(pred, d["target"], mask, **kw)
@@ -157,6 +157,10 @@ def train(cfg: TrainConfig) -> dict:
                                seed=cfg.run.seed)
     engine, _ = engines.build_policy(cfg, device, world)
     reference = engines.build_reference(cfg, engine, device, world)
+    if reference is not None and reference.mode == "precomputed":
+        from .precompute import check_store
+
+        check_store(cfg, reference.store, [r["id"] for r in dataset.records])
 
     micro, accum = cfg.data.micro_batch, cfg.data.grad_accum
     layout = {"world_size": world, "micro_batch": micro, "grad_accum": accum}
@@ -177,7 +181,7 @@ def train(cfg: TrainConfig) -> dict:
     for step in range(start, cfg.run.steps):
         if kill_at and step == kill_at and rank == 0:
             os.killpg(os.getpgid(0), signal.SIGKILL)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sums = {}
         for m in range(accum):
             consumed = (step * accum + m) * micro  # this rank's samples before this micro batch
@@ -192,6 +196,8 @@ def train(cfg: TrainConfig) -> dict:
         row = _mean_over_ranks(sums)
         row = {"step": step + 1, **row, "lr": float(engine.get_lr()[0]),
                "samples_per_s": micro * accum * world / (time.perf_counter() - t0),
+               # rank 0's CPU seconds in this step: on a shared CPU far steadier than wall time
+               "cpu_s_per_step": time.process_time() - c0,
                "peak_memory_mb": _peak_memory_mb(device)}
         gn = engine.get_global_grad_norm()
         if gn is not None:

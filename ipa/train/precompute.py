@@ -60,7 +60,8 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
     dist.all_gather_object(gathered, rows)
     if rank == 0:
         store = models.ReferenceStore(draws, seed=cfg.run.seed, sampling=o.timestep_sampling, shift=o.shift,
-                                      family=cfg.model.family, hand_weight=o.hand_weight, skip_frames=o.skip_frames)
+                                      family=cfg.model.family, hand_weight=o.hand_weight, skip_frames=o.skip_frames,
+                                      logit_mean=o.logit_mean, logit_std=o.logit_std, source=str(cfg.model.source))
         for part in gathered:
             for sid, d, t, e in part:
                 store.add(sid, d, t, e)
@@ -70,3 +71,27 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
         print(f"wrote {len(store)} samples x {draws} draws of reference errors to {out_path}")
     dist.barrier()
     return out_path
+
+
+# config key -> store metadata key: settings that change the stored errors
+_STORE_KEYS = {"run.seed": "seed", "objective.timestep_sampling": "sampling", "objective.shift": "shift",
+               "model.family": "family", "objective.hand_weight": "hand_weight",
+               "objective.skip_frames": "skip_frames", "objective.logit_mean": "logit_mean",
+               "objective.logit_std": "logit_std"}
+
+
+def check_store(cfg: TrainConfig, store, sample_ids) -> None:
+    """Refuse, before the first step, a store that cannot serve this run: other draw settings, fewer
+    draws than `reference.draws`, or samples of the dataset it does not hold (ValueError naming the key)."""
+    for key, meta_key in _STORE_KEYS.items():
+        section, name = key.split(".")
+        want = getattr(getattr(cfg, section), name)
+        if meta_key in store.meta and store.meta[meta_key] != want:
+            raise ValueError(f"{key}: the reference store {cfg.reference.store!r} was computed with "
+                             f"{store.meta[meta_key]!r}, this run has {want!r} (run `ipa precompute-reference` again)")
+    if cfg.reference.draws > store.n_draws:
+        raise ValueError(f"reference.draws: {cfg.reference.draws} > the {store.n_draws} draws the store holds")
+    missing = sorted(set(map(str, sample_ids)) - set(store.sample_ids()))
+    if missing:
+        raise ValueError(f"reference.store: {cfg.reference.store!r} has no errors for {len(missing)} sample(s) of "
+                         f"data.path, e.g. {missing[:3]} (run `ipa precompute-reference` on this dataset)")

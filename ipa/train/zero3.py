@@ -45,7 +45,7 @@ def weight_map(folder: Path) -> dict[str, Path]:
         from safetensors import safe_open
 
         with safe_open(str(single), "pt") as f:
-            return {k: single for k in f.keys()}
+            return {k: single for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     raise ValueError(f"model.source: {str(folder)!r} has no {WEIGHTS} (or its .index.json); "
                      "ZeRO-3 loading reads safetensors checkpoints only")
 

@@ -29,10 +29,9 @@ def test_writer_rejects_duplicates_and_existing_dataset(tmp_path):
 
 
 def test_no_manifest_until_complete(tmp_path):
-    with pytest.raises(RuntimeError):
-        with ShardWriter(tmp_path / "d", samples_per_shard=1) as w:
-            w.add("a", {"x0": torch.zeros(2)})
-            raise RuntimeError("crash while writing")
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path / "d", samples_per_shard=1) as w:
+        w.add("a", {"x0": torch.zeros(2)})
+        raise RuntimeError("crash while writing")
     with pytest.raises(ShardError, match="no manifest.jsonl"):
         ShardDataset(tmp_path / "d")
 

@@ -66,11 +66,12 @@ def model_steps(family, backend, dtype, device, batch_size, frames, size, rank):
 
     def step(mode):
         def run():
+            # as the trainer does: the reference first, so its activations are gone before the policy's
+            err_ref = None if mode == "sft" else refs[mode].error(batch, x_t, t, target, mask)
             pred = forward(policy, family, batch, x_t, t)
             if mode == "sft":
                 loss, _ = flow_sft_loss(pred, target, mask)
             else:
-                err_ref = refs[mode].error(batch, x_t, t, target, mask)
                 loss, _ = flow_ipa_loss(pred, target, t, mask, ref_error=err_ref)
             loss.backward()
             policy.zero_grad(set_to_none=True)

@@ -72,7 +72,7 @@ def adapters_disabled(model):
     layers = _lora_layers(model)
     if not layers:
         raise ValueError("model has no LoRA adapter to disable (call ipa.models.add_lora first)")
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    flags = [(p, p.requires_grad) for layer in layers for p in layer.parameters()]  # all enable_adapters touches
     for layer in layers:  # what diffusers' disable_adapters does, on any nn.Module
         layer.enable_adapters(False)
     try:

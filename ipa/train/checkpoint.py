@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ def save(engine, output_dir, step: int, data: dict | None = None) -> str:
     tag = f"step{step:08d}"
     root = checkpoint_dir(output_dir)
     engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
+    if os.environ.get("IPA_TRAIN_KILL_IN_SAVE") == str(step) and dist.get_rank() == 0:  # tests: crash mid-save
+        os.killpg(os.getpgid(0), signal.SIGKILL)
     torch.save(rank_state(data or {}), _rank_state_path(output_dir, tag, dist.get_rank()))
     dist.barrier()  # every rank's files are complete before the pointer moves
     if dist.get_rank() == 0:

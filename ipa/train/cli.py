@@ -48,7 +48,10 @@ def _load(args, precompute=False):
     overrides = list(args.overrides) + (["run.resume=true"] if getattr(args, "resume", False) else [])
     if precompute:  # the run's own config may already say precomputed: its store is what we write
         overrides.append("reference.mode=copy")
-    return load_config(args.config, overrides, output_dir=args.output_dir)  # fail fast, before launching
+    # training's batch layout against the ranks it will have: --nproc, else the launcher's WORLD_SIZE,
+    # else this one process (precompute goes sample by sample: any number of ranks works)
+    world = None if precompute else args.nproc or int(os.environ.get("WORLD_SIZE", "1"))
+    return load_config(args.config, overrides, output_dir=args.output_dir, world_size=world)  # fail fast
 
 
 def run_train(args, argv=None):

@@ -165,6 +165,7 @@ CHOICES = {
     "reference.mode": ("copy", "adapter", "precomputed"),
     "objective.name": ("ipa", "sft", "dpo"),
     "objective.timestep_sampling": ("uniform", "logit-normal"),
+    "model.attention_backend": ("auto", "flash", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "native"),
 }
 
 
@@ -239,8 +240,10 @@ def apply_override(raw: dict, item: str) -> None:
     node[parts[-1]] = _parse_value(value)
 
 
-def load_config(path=None, overrides=(), output_dir=None) -> TrainConfig:
-    """Read YAML `path` (or defaults), apply overrides, validate; ConfigError names the key."""
+def load_config(path=None, overrides=(), output_dir=None, world_size: int | None = None) -> TrainConfig:
+    """Read YAML `path` (or defaults), apply overrides, validate; ConfigError names the key.
+
+    `world_size` (the ranks the run will have) also checks the batch layout against the dataset."""
     raw = {}
     if path:
         p = Path(path)
@@ -252,13 +255,32 @@ def load_config(path=None, overrides=(), output_dir=None) -> TrainConfig:
     if output_dir:
         raw.setdefault("run", {})["output_dir"] = str(output_dir)
     cfg = _build(TrainConfig, raw, "")
-    validate(cfg)
+    validate(cfg, world_size=world_size)
     return cfg
 
 
 def _require(ok, key, msg):
     if not ok:
         raise ConfigError(f"{key}: {msg}")
+
+
+def _adopt_deepspeed_json(ds: DeepSpeedConfig) -> None:
+    """Check a user's DeepSpeed JSON and take its ZeRO stage and bf16 flag into `ds`, so the reference
+    engine and the input dtype follow what the policy engine will run."""
+    key = "deepspeed.config_path"
+    _require(Path(ds.config_path).is_file(), key, f"{ds.config_path!r} does not exist")
+    try:
+        conf = json.loads(Path(ds.config_path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{key}: {ds.config_path!r} is not valid JSON ({e})") from None
+    _require(isinstance(conf, dict), key, f"{ds.config_path!r} must hold a JSON object")
+    zero = conf.get("zero_optimization", {})
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    _require(stage in (0, 1, 2, 3), key, f"zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    _require(not (conf.get("fp16") or {}).get("enabled", False), key,
+             "fp16 mixed precision is not supported (use bf16: {\"bf16\": {\"enabled\": true}})")
+    ds.zero_stage = stage
+    ds.bf16 = bool((conf.get("bf16") or {}).get("enabled", False))
 
 
 def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
@@ -270,8 +292,8 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     ds, o, d, r = cfg.deepspeed, cfg.objective, cfg.data, cfg.run
     _require(isinstance(ds.zero_stage, int) and 0 <= ds.zero_stage <= 3, "deepspeed.zero_stage",
              f"must be 0, 1, 2 or 3, got {ds.zero_stage!r}")
-    _require(not ds.config_path or Path(ds.config_path).is_file(), "deepspeed.config_path",
-             f"{ds.config_path!r} does not exist")
+    if ds.config_path:
+        _adopt_deepspeed_json(ds)
     _require(isinstance(o.beta, (int, float)) and o.beta > 0, "objective.beta", f"must be > 0, got {o.beta!r}")
     _require(isinstance(o.hand_weight, (int, float)) and o.hand_weight >= 0, "objective.hand_weight",
              f"must be >= 0, got {o.hand_weight!r}")

@@ -26,6 +26,11 @@ from .config import TrainConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def compute_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The dtype the model computes in: bf16 under DeepSpeed bf16 (it casts the weights), else model.dtype."""
+    return torch.bfloat16 if cfg.deepspeed.bf16 else DTYPES[cfg.model.dtype]
+
+
 def model_width(config) -> int:
     """Hidden size of a diffusers Wan config (heads x head_dim: these configs have no hidden_size)."""
     return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
@@ -105,7 +110,7 @@ def build_policy(cfg: TrainConfig, device, world_size: int):
     width = model_width(models.tiny_config(cfg.model.family) if cfg.model.source == "tiny" else
                         _source_config(cfg))
     conf = deepspeed_config(cfg, world_size, width=width)
-    stage = conf["zero_optimization"]["stage"]
+    stage = cfg.deepspeed.zero_stage  # validate() took it from a user's JSON, if any
     model = _build_model(cfg, device, conf, zero3=stage == 3)
     if cfg.lora.enabled:
         models.add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target_modules=tuple(cfg.lora.targets))

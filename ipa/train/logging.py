@@ -6,6 +6,19 @@ import json
 from pathlib import Path
 
 
+def read_metrics(path) -> list[dict]:
+    """The rows of a `metrics.jsonl`; a last line cut short by a kill mid-write is dropped."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+    return rows
+
+
 class RunLog:
     """Rank 0 only. `metrics.jsonl` gets one JSON object per step (`step`, `loss`, ...), flushed
     each step; on resume, lines after the resumed step (from the killed run) are dropped."""
@@ -16,11 +29,8 @@ class RunLog:
 
         self.dir = Path(output_dir)
         self.path = self.dir / "metrics.jsonl"
-        kept = []
-        if self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [row for row in read_metrics(self.path) if row["step"] <= start_step] if self.path.is_file() else []
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         self.file = open(self.path, "a")  # noqa: SIM115 (held for the run, closed in close())
         self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="ipa train", unit="step", dynamic_ncols=True)
@@ -47,7 +57,7 @@ def plot_losses(metrics_path, png_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics_path)
     if not rows:
         return
     keys = [k for k in ("loss", "ipa_gap", "implicit_accuracy") if k in rows[0]]

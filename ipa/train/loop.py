@@ -42,8 +42,15 @@ def init_distributed():
     return torch.device("cpu")
 
 
-def _to(batch, device):
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def to_device(batch, device, dtype):
+    """Tensors to `device`, floating ones to the model's compute `dtype`: shards may hold fp32 latents
+    for a bf16 model, and the transformer takes its inputs in its own dtype."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+        out[k] = v
+    return out
 
 
 def flow_inputs(cfg: TrainConfig, batch, draw: int):
@@ -59,28 +66,31 @@ def step_loss(cfg: TrainConfig, engine, reference, batch, draw: int):
     d = flow_inputs(cfg, batch, draw)
     mask = batch.get("hand_mask")
     kw = {"hand_weight": o.hand_weight, "skip_frames": o.skip_frames}
-    pred = models.forward(engine, family, batch, d["noisy"], d["t"])
     if o.name == "sft":
+        pred = models.forward(engine, family, batch, d["noisy"], d["t"])
         return flow_sft_loss(pred, d["target"], mask, **kw)
+    # The reference runs first: its activations are freed before the policy's are built, so the step
+    # peaks at SFT's memory plus one prediction.
     if o.name == "ipa":
         if reference.mode == "precomputed":
-            ref_error = reference.error(batch, d["noisy"], d["t"], d["target"], mask, **kw)
-            return flow_ipa_loss(pred, d["target"], d["t"], mask, ref_error=ref_error, beta=o.beta, **kw)
-        ref_pred = reference.predict(batch, d["noisy"], d["t"])
-        return flow_ipa_loss(pred, d["target"], d["t"], mask, ref_pred=ref_pred, beta=o.beta, **kw)
+            ref = {"ref_error": reference.error(batch, d["noisy"], d["t"], d["target"], mask, **kw)}
+        else:
+            ref = {"ref_pred": reference.predict(batch, d["noisy"], d["t"])}
+        pred = models.forward(engine, family, batch, d["noisy"], d["t"])
+        return flow_ipa_loss(pred, d["target"], d["t"], mask, beta=o.beta, **ref, **kw)
     # dpo: the loser latent shares noise and timestep with the winner
     if "x0_loser" not in batch:
         raise ValueError("objective.name=dpo needs an 'x0_loser' latent in every sample")
+    if reference.mode == "precomputed":
+        raise ValueError("objective.name=dpo supports reference.mode copy or adapter")
     t = d["t"].view(-1, 1, 1, 1, 1)
     x0_l = batch["x0_loser"]
     noisy_l = ((1 - t) * x0_l.float() + t * d["noise"].float()).to(x0_l.dtype)
     target_l = (d["noise"].float() - x0_l.float()).to(x0_l.dtype)
+    refs = {"ref_pred_w": reference.predict(batch, d["noisy"], d["t"]),
+            "ref_pred_l": reference.predict(batch, noisy_l, d["t"])}
+    pred = models.forward(engine, family, batch, d["noisy"], d["t"])
     pred_l = models.forward(engine, family, batch, noisy_l, d["t"])
-    refs = {}
-    if reference.mode == "precomputed":
-        raise ValueError("objective.name=dpo supports reference.mode copy or adapter")
-    refs["ref_pred_w"] = reference.predict(batch, d["noisy"], d["t"])
-    refs["ref_pred_l"] = reference.predict(batch, noisy_l, d["t"])
     return flow_dpo_loss(pred, pred_l, d["target"], target_l, mask, mask, beta=o.beta, **refs, **kw)
 
 
@@ -156,6 +166,7 @@ def train(cfg: TrainConfig) -> dict:
     sampler = ResumableSampler(len(dataset), rank=rank, world_size=world, batch_size=cfg.data.micro_batch,
                                seed=cfg.run.seed)
     engine, _ = engines.build_policy(cfg, device, world)
+    dtype = engines.compute_dtype(cfg)
     reference = engines.build_reference(cfg, engine, device, world)
     if reference is not None and reference.mode == "precomputed":
         from .precompute import check_store
@@ -172,7 +183,7 @@ def train(cfg: TrainConfig) -> dict:
 
     sampler.seek(start * accum * micro)
     loader = torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, collate_fn=collate,
-                                         num_workers=cfg.data.workers)
+                                         num_workers=cfg.data.workers, pin_memory=device.type == "cuda")
     batches = iter(loader)
     log = RunLog(out, cfg.run.steps, start) if rank == 0 else None
     kill_at = int(os.environ.get("IPA_TRAIN_KILL_AT_STEP", "0"))  # tests: simulate a crash
@@ -187,7 +198,7 @@ def train(cfg: TrainConfig) -> dict:
             consumed = (step * accum + m) * micro  # this rank's samples before this micro batch
             epoch = consumed // sampler.per_rank
             draw = epoch % cfg.reference.draws if cfg.reference.draws else step * accum + m
-            batch = _to(next(batches), device)
+            batch = to_device(next(batches), device, dtype)
             loss, metrics = step_loss(cfg, engine, reference, batch, draw)
             engine.backward(loss)
             engine.step()

@@ -19,7 +19,7 @@ from ipa.ops import halo_error
 
 from . import engines
 from .config import TrainConfig, validate
-from .loop import flow_inputs, init_distributed
+from .loop import flow_inputs, init_distributed, to_device
 
 
 def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
@@ -47,7 +47,7 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
 
     for r in tqdm(range(rounds), desc="reference errors", disable=rank != 0):
         i = mine[min(r, len(mine) - 1)]
-        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in collate([dataset[i]]).items()}
+        batch = to_device(collate([dataset[i]]), device, engines.compute_dtype(cfg))
         for d in range(draws):
             draw = flow_inputs(cfg, batch, d)
             with torch.no_grad():

@@ -38,3 +38,11 @@ def test_missing_protocol_file(tmp_path):
 def test_start_past_end():
     with pytest.raises(ValueError, match="start: 20 leaves no frames of a 9-frame video"):
         Protocol(start=20).apply(moving_video())
+
+
+def test_shipped_tiktok_protocol_loads():
+    from pathlib import Path
+
+    p = Protocol.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "eval-tiktok.yaml")
+    assert p.sequences == [f"00{n}" for n in range(335, 341)] and p.resolution == (512, 512)
+    assert p.lpips_weights is None and p.extractors == {}

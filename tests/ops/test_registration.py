@@ -1,5 +1,7 @@
 """torch.library registration (opcheck, torch.compile), backend choice, bad input, isolation."""
 
+import os
+import platform
 import subprocess
 import sys
 import warnings
@@ -27,6 +29,20 @@ def test_opcheck(backend, with_ref):
     torch.library.opcheck(torch.ops.ipa.halo_error_bwd.default, (grad, pred.detach(), target, m, 10.0, 1, backend))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("objective", ["ipa-ref-pred", "ipa-ref-error", "sft"])
+def test_opcheck_loss(backend, objective):
+    """The op `flow_ipa_loss` / `flow_sft_loss` call: fake kernel, autograd, schema."""
+    _need(backend)
+    pred, ref, target, m = make_inputs(SHAPE, mask="bool")
+    pred.requires_grad_()
+    t, ref_error = torch.rand(SHAPE[0]), torch.rand(SHAPE[0])
+    args = {"ipa-ref-pred": (pred, ref, target, m, t, None, "ipa"),
+            "ipa-ref-error": (pred, None, target, m, t, ref_error, "ipa"),
+            "sft": (pred, None, target, m, None, None, "sft")}[objective]
+    torch.library.opcheck(torch.ops.ipa.halo_loss_fwd.default, (*args, 600.0, 10.0, 1, backend))
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph_no_graph_break():
     """The whole IPA loss, forward and backward, compiles as one graph around the custom ops."""
@@ -50,6 +66,15 @@ def test_torch_compile_fullgraph_no_graph_break():
     torch.testing.assert_close(p1.grad, p2.grad)
     explain = torch._dynamo.explain(step)(pred, ref, target, t, m)
     assert explain.graph_break_count == 0 and explain.graph_count == 1
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
+                    reason="Triton is a dependency on Linux x86-64 only")
+def test_every_backend_is_tested_here():
+    """The per-backend tests skip a backend that does not load; here none may be missing, so a broken
+    build or kernel import fails instead of silently skipping them (conftest sets TRITON_INTERPRET)."""
+    expected = {"cpp", "torch"} | ({"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set())
+    assert set(available_backends("cpu")) == expected, backends._import_errors
 
 
 def test_auto_backend_choice_and_fallback_warning(monkeypatch):

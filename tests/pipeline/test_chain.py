@@ -78,6 +78,42 @@ def test_sampling_does_not_depend_on_batching(conditions):
     torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_guidance_mixes_conditional_and_unconditional_predictions(conditions):
+    """v = v_u + g (v_c - v_u): with the negative embedding equal to the prompt's, any g gives g = 1;
+    with another one, g moves the sample; g > 1 without one is refused."""
+    from ipa.generate import sample
+    from ipa.models import build_transformer
+
+    model = build_transformer("wan-vace", "tiny", dtype=torch.float32, seed=0).eval()
+    cond = {k: v for k, v in collate([ShardDataset(conditions)[0]]).items() if k != "sample_id"}
+    plain = sample(model, cond, [5], steps=2)
+    same = sample(model, cond, [5], steps=2, guidance=4.0, negative_emb=cond["text_emb"][0])
+    torch.testing.assert_close(same, plain, atol=1e-5, rtol=1e-5)
+    other = sample(model, cond, [5], steps=2, guidance=4.0, negative_emb=torch.zeros_like(cond["text_emb"][0]))
+    assert (other - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="guidance > 1 needs negative_emb"):
+        sample(model, cond, [5], steps=2, guidance=4.0)
+
+
+def test_latent_codec_normalizes_with_the_vae_statistics():
+    """Shards hold (z - latents_mean) / latents_std of the VAE's mode; decode inverts that."""
+    from ipa.data.encode import LatentCodec
+
+    from .conftest import tiny_vae
+
+    vae = tiny_vae()
+    vae.register_to_config(latents_mean=[0.1 * i for i in range(16)], latents_std=[1.0 + 0.05 * i for i in range(16)])
+    codec = LatentCodec(vae)
+    pixels = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    z = vae.encode(pixels).latent_dist.mode()[0]
+    mean, std = torch.tensor(vae.config.latents_mean), torch.tensor(vae.config.latents_std)
+    got = codec.encode(pixels)
+    torch.testing.assert_close(got, (z - mean.view(-1, 1, 1, 1)) / std.view(-1, 1, 1, 1))
+    video = vae.decode(z[None]).sample[0]
+    expect = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    assert np.abs(codec.decode(got).astype(int) - expect.astype(int)).max() <= 1
+
+
 def test_auto_select_curate_and_load(candidates, conditions, hand_model, tmp_path):
     sel = tmp_path / "selection.json"
     assert main(["select", "auto", "--candidates", str(candidates), "--out", str(sel),

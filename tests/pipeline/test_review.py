@@ -2,7 +2,6 @@
 Selenium): it loads, a click marks a candidate, selection.json changes on disk, a reload shows it."""
 
 import json
-import os
 import shutil
 import threading
 import urllib.error
@@ -11,6 +10,7 @@ import urllib.request
 import pytest
 
 from ipa.select.auto import select
+from tests.conftest import skip_unless_ci
 from ipa.select.candidates import load_candidates, read_selection, write_selection
 
 
@@ -64,15 +64,15 @@ def test_api_labels_and_files(server, selection):
 
 def _chromium():
     """(browser, driver) paths, or a skip saying why (scripts/ensure_chromium.sh installs them)."""
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        skip_unless_ci("selenium is not installed (pip install -e '.[test]')")
     browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     driver = shutil.which("chromedriver")
     if not (browser and driver):
-        if os.environ.get("CI"):  # CI runs `make test`, whose install step provides the browser
-            pytest.fail("CI: no chromium + chromedriver on PATH although scripts/ensure_chromium.sh ran "
-                        "(see /tmp/ensure_chromium.log)")
-        pytest.skip("no chromium + chromedriver on PATH (run scripts/ensure_chromium.sh as root, or "
-                    "apt-get install chromium chromium-driver)")
+        skip_unless_ci("no chromium + chromedriver on PATH (run scripts/ensure_chromium.sh as root, or apt-get "
+                       "install chromium chromium-driver; its log: /tmp/ensure_chromium.log)")
     return browser, driver
 
 

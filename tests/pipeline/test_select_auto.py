@@ -1,5 +1,5 @@
-"""Hand scores and ranking of `ipa select auto`, on stand-in detections (real MediaPipe runs in
-test_chain), and the selection.json rules."""
+"""Hand scores and ranking of `ipa select auto`, on stand-in detections and with real MediaPipe on
+a real photo clip (../shared/data/hands), and the selection.json rules."""
 
 import numpy as np
 import pytest
@@ -60,3 +60,25 @@ def test_select_top_threshold_and_human_overrides():
     assert chosen({"candidates": both}) == ["c0/cand-2", "c1/cand-0"]
     with pytest.raises(ValueError, match="top"):
         select(scored, top=None, threshold=None)
+
+
+def test_real_mediapipe_scores_a_drawn_hand_above_an_erased_one(shared_dir, hand_model):
+    """On a real photo clip (COCO 459, a hand holding a camera, shifted 4 px per frame) with the pose's
+    hand where the hand is: the clip scores high; the same clip with the hand painted out scores low."""
+    from ipa.hands import HandDetector
+    from ipa.hands.media import read_image
+
+    img = read_image(shared_dir / "data" / "hands" / "COCO_val2014_000000000459.jpg")
+    clip = np.stack([np.roll(img, 4 * t, axis=1) for t in range(5)])
+    erased = clip.copy()
+    for t in range(5):  # the hand region (checked by eye, see tests/hands/test_detector.py), shifted
+        erased[t, 235:410, 410 + 4 * t:515 + 4 * t] = img[235:410, 410:515].reshape(-1, 3).mean(0)
+    with HandDetector(hand_model) as det:
+        (hand,) = [h for h in det.detect(img) if h.landmarks[:, 0].mean() > 400]
+        pose = np.stack([np.concatenate([hand.landmarks + [4 * t, 0], np.full((21, 1), 0.9)], 1)[None]
+                         for t in range(5)])
+        good = hand_scores(det.detect_video(clip, fps=8), pose)
+    with HandDetector(hand_model) as det:  # a fresh tracker: nothing carried over from the good clip
+        bad = hand_scores(det.detect_video(erased, fps=8), pose)
+    assert good["detection"] == 1.0 and good["agreement"] > 0.8 and good["confidence"] > 0.5
+    assert bad["detection"] < 0.5 and combine(bad) < combine(good) - 0.3

@@ -8,7 +8,8 @@ import yaml
 from ipa.data import synthesize
 from ipa.train.config import ConfigError, load_config, validate
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIGS = [p for p in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+           if not p.name.startswith("eval-")]  # eval-*.yaml are `ipa eval` protocols
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,44 @@ def test_missing_data_and_batch_not_divisible(data, tmp_path):
         validate(cfg, world_size=3)
     with pytest.raises(ConfigError, match="^--config:"):
         load_config(tmp_path / "none.yaml")
+
+
+def test_cli_checks_the_batch_layout_for_nproc_before_launching(data, tmp_path):
+    # 8 samples cannot fill a global batch of 2 x 5 ranks: refused in this process, nothing launched
+    from ipa.cli import main
+
+    argv = ["train", "--config", str(CONFIGS[0]), "--nproc", "5", "--output-dir", str(tmp_path / "o"),
+            f"data.path={data}", "data.micro_batch=2"]
+    with pytest.raises(ConfigError, match="^data.micro_batch: 8 samples cannot fill one global batch"):
+        main(argv)
+    with pytest.raises(ConfigError, match="^data.global_batch: 6 is not divisible"):
+        main(argv[:4] + ["4"] + argv[5:-1] + ["data.global_batch=6", "data.micro_batch=1"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_attention_backend_choices_are_the_models(data):
+    from ipa.models.attention import BACKENDS
+    from ipa.train.config import CHOICES
+
+    assert CHOICES["model.attention_backend"] == BACKENDS
+    with pytest.raises(ConfigError, match="^model.attention_backend: must be one of"):
+        load_config(CONFIGS[0], [f"data.path={data}", "model.attention_backend=xformers"])
+
+
+def test_deepspeed_json_sets_stage_and_bf16(data, tmp_path):
+    from ipa.train.engines import compute_dtype, deepspeed_config
+
+    path = tmp_path / "ds.json"
+    path.write_text('{"zero_optimization": {"stage": 3, "overlap_comm": true}, "bf16": {"enabled": true}}')
+    cfg = load_config(CONFIGS[0], [f"data.path={data}", f"deepspeed.config_path={path}", "data.micro_batch=2"])
+    assert (cfg.deepspeed.zero_stage, cfg.deepspeed.bf16) == (3, True)
+    assert compute_dtype(cfg) == __import__("torch").bfloat16  # inputs follow the JSON's precision
+    conf = deepspeed_config(cfg, world_size=2)
+    assert conf["zero_optimization"]["overlap_comm"] and conf["train_batch_size"] == 4  # batch from data
+    for text, msg in (("{nope", "is not valid JSON"), ('{"zero_optimization": {"stage": 4}}', "stage must be"),
+                      ('{"fp16": {"enabled": true}}', "fp16 mixed precision is not supported")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=f"^deepspeed.config_path: .*{msg}"):
+            load_config(CONFIGS[0], [f"data.path={data}", f"deepspeed.config_path={path}"])
+    with pytest.raises(ConfigError, match="^deepspeed.config_path: .* does not exist"):
+        load_config(CONFIGS[0], [f"data.path={data}", f"deepspeed.config_path={tmp_path / 'none.json'}"])

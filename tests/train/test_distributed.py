@@ -123,6 +123,17 @@ def test_resume_after_sigkill_matches_straight_run(zero2_adapter, data, tmp_path
     assert losses(out) == losses(zero2_adapter)  # bit for bit
 
 
+def test_kill_in_the_middle_of_a_save_resumes_from_the_previous_checkpoint(zero2_adapter, data, tmp_path):
+    """SIGKILL after step 6's DeepSpeed files, before its rank states and pointer: resume from step 3."""
+    out = tmp_path / "killed-in-save"
+    args = ("run.steps=6", "run.save_every=3")
+    proc = train(out, data, *args, env={"IPA_TRAIN_KILL_IN_SAVE": "6"}, check=False)
+    assert proc.returncode != 0 and (out / "checkpoints" / "step00000006").is_dir()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step00000003"
+    train(out, data, *args, "--resume")
+    assert losses(out) == losses(zero2_adapter)
+
+
 def test_precomputed_reference_matches_online_copy(data, tmp_path):
     store = tmp_path / "ref.safetensors"
     precomputed = ("reference.mode=precomputed", f"reference.store={store}", "reference.draws=2")

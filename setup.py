@@ -42,6 +42,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ipa", "ipa.*"]) + ["ipa.kernels"],
     package_dir={"ipa.kernels": "kernels"},
+    package_data={"ipa.demo": ["assets/base/*"]},  # the demo's pretrained base model (13 MB)
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
     install_requires=[

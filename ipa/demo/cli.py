@@ -19,8 +19,8 @@ def run(args) -> int:
 
     base = Path(args.base) if args.base else experiment.BASE
     if not (base / "config.json").is_file():
-        raise FileNotFoundError(f"base model {str(base)!r} not found; create it with "
-                                "`python -m ipa.demo.pretrain --out {base}`")
+        raise FileNotFoundError(f"--base: {str(base)!r} holds no model (config.json); create one with "
+                                f"`python -m ipa.demo.pretrain --out {base}`")
     t0 = time.time()
     plan = experiment.QUICK if args.quick else experiment.FULL
     experiment.run(args.out, plan, base)

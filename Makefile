@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.ipa-installed
 install: $(STAMP)
 	@sh scripts/ensure_chromium.sh
 	@$(PY) -c "import ipa.hands as h; h.resolve_model_path()" 2>/dev/null || $(PY) -m ipa.cli hands model \
-	  || echo "make install: could not build the MediaPipe hand bundle (needs PyPI once); hand-detection tests will skip" >&2
+	  || echo "make install: could not build the MediaPipe hand bundle (needs PyPI once); hand-detection tests will skip (and fail on CI)" >&2
 
 $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
 	@test -x $(PY) || $(MAKE) --no-print-directory venv

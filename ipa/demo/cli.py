@@ -49,7 +49,10 @@ def _copy_data(src: Path, out: Path) -> None:
 def plan_from_args(args):
     """The plan (`QUICK` or `FULL`) with the command line's overrides; on the same OUT folder the
     self-generated data are reused, so a variant trains on exactly the same curated samples."""
+    import contextlib
     import dataclasses
+
+    import yaml
 
     from . import experiment
 
@@ -68,20 +71,15 @@ def plan_from_args(args):
         changes.update(recipes=recipes, betas=())
     if args.betas is not None:
         changes["betas"] = _numbers(args.betas, float, "--betas")
-    fields = {f.name: f for f in dataclasses.fields(plan)}
+    names = {f.name for f in dataclasses.fields(plan)}
     for item in args.set:
-        import yaml
-
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"--set: expected FIELD=VALUE with FIELD one of {sorted(fields)}, got {item!r}")
-        value = yaml.safe_load(value)
-        default = getattr(plan, key)
+        key, sep, text = item.partition("=")
+        if not sep or key not in names:
+            raise ValueError(f"--set: expected FIELD=VALUE with FIELD one of {sorted(names)}, got {item!r}")
+        default, value = getattr(plan, key), yaml.safe_load(text)
         if isinstance(default, float) and isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(default, tuple):
             value = tuple(value) if isinstance(value, list) else (value,)
         if type(value) is not type(default) and not (isinstance(default, float) and isinstance(value, int)):

@@ -45,9 +45,10 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
     rows = []
     from tqdm.auto import tqdm
 
+    dtype = engines.compute_dtype(cfg)
     for r in tqdm(range(rounds), desc="reference errors", disable=rank != 0):
         i = mine[min(r, len(mine) - 1)]
-        batch = to_device(collate([dataset[i]]), device, engines.compute_dtype(cfg))
+        batch = to_device(collate([dataset[i]]), device, dtype)
         for d in range(draws):
             draw = flow_inputs(cfg, batch, d)
             with torch.no_grad():

@@ -28,7 +28,8 @@ import torch
 from diffusers.models.attention_dispatch import attention_backend, dispatch_attention_fn
 
 from ipa.models import (Reference, add_lora, adapters_disabled, available_backends,
-                        build_transformer, flow_draw, forward, precompute_reference_errors, synthetic_batch)
+                        build_transformer, flow_draw, forward, lora_layers, precompute_reference_errors,
+                        synthetic_batch)
 from ipa.models.attention import DIFFUSERS_NAMES
 from ipa.ops import flow_ipa_loss, flow_sft_loss
 
@@ -96,6 +97,7 @@ def block_steps(device, tokens_fhw=(21, 30, 52), text_len=512, rank=128, dim=512
     ref_block = make().requires_grad_(False).eval()
     ref_block.load_state_dict(policy.state_dict())  # same weights, a second instance
     add_lora(policy, rank=rank, alpha=rank)
+    layers = lora_layers(policy)
     F, H, W = tokens_fhw
     rope = WanRotaryPosEmbed(dim // heads, (1, 2, 2), 1024)(torch.empty(1, 16, F, 2 * H, 2 * W, device=device))
     S = F * H * W
@@ -121,7 +123,7 @@ def block_steps(device, tokens_fhw=(21, 30, 52), text_len=512, rank=128, dim=512
                     with torch.no_grad():
                         ref_pred = ref_block(x, ctx, temb, rope)
                 elif mode == "ipa-adapter":
-                    with torch.no_grad(), adapters_disabled(policy):
+                    with torch.no_grad(), adapters_disabled(policy, layers):
                         ref_pred = policy(x, ctx, temb, rope)
                 if mode == "ipa-precomputed":
                     loss, _ = flow_ipa_loss(as5d(pred), as5d(target), t, skip_frames=0, ref_error=err_ref)

@@ -15,7 +15,7 @@ from .build import TINY_CONFIGS, build_transformer, model_class, tiny_config
 from .draws import ReferenceStore, draw_noise_and_t, draw_seed, flow_draw, shift_timesteps
 from .inputs import FAMILIES, model_inputs, required_keys
 from .lora import (adapters_disabled, add_lora, export_lora, full_finetune, has_lora, load_lora,
-                   lora_state_dict, trainable_parameters)
+                   lora_layers, lora_state_dict, trainable_parameters)
 from .reference import (MODES as REFERENCE_MODES, AdapterReference, CopyReference, PrecomputedReference,
                         Reference, forward, precompute_reference_errors)
 from .synthetic import synthetic_batch
@@ -26,6 +26,7 @@ __all__ = [
     "model_inputs", "required_keys", "synthetic_batch", "forward",
     "available_backends", "resolve_backend", "set_attention_backend",
     "add_lora", "full_finetune", "has_lora", "trainable_parameters", "adapters_disabled",
+    "lora_layers",
     "lora_state_dict", "export_lora", "load_lora",
     "Reference", "CopyReference", "AdapterReference", "PrecomputedReference", "precompute_reference_errors",
     "ReferenceStore", "draw_noise_and_t", "draw_seed", "flow_draw", "shift_timesteps",

@@ -20,7 +20,7 @@ from ipa.ops import halo_error
 from .build import build_transformer
 from .draws import ReferenceStore, flow_draw
 from .inputs import check_family, model_inputs
-from .lora import adapters_disabled, has_lora
+from .lora import adapters_disabled, lora_layers
 
 MODES = ("copy", "adapter", "precomputed")
 HALO_DEFAULTS = {"hand_weight": 10.0, "skip_frames": 1}
@@ -112,14 +112,15 @@ class AdapterReference(Reference):
     mode = "adapter"
 
     def __init__(self, policy, family=None):
-        if policy is None or not has_lora(_unwrap(policy)):
+        self._layers = lora_layers(_unwrap(policy)) if policy is not None else []
+        if not self._layers:
             raise ValueError("the adapter reference needs a policy with a LoRA adapter (ipa.models.add_lora); "
                              "for full fine-tuning use mode 'copy' or 'precomputed'")
         self.policy = policy
         self.family = check_family(family or _unwrap(policy).ipa_build["family"])
 
     def predict(self, batch, noisy_latents, timesteps):
-        with torch.no_grad(), adapters_disabled(_unwrap(self.policy)):
+        with torch.no_grad(), adapters_disabled(_unwrap(self.policy), self._layers):
             return forward(self.policy, self.family, batch, noisy_latents, timesteps)
 
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ipa.models import (adapters_disabled, add_lora, export_lora, forward, full_finetune, load_lora,
-                        trainable_parameters)
+                        lora_layers, trainable_parameters)
+from ipa.models import lora as lora_module
 
 from .conftest import batch_for, tiny
 
@@ -42,12 +43,36 @@ def test_full_finetune_trains_everything():
         full_finetune(add_lora(tiny("wan"), rank=2))
 
 
-def test_adapters_disabled_keeps_requires_grad_flags():
-    policy = add_lora(tiny("wan"), rank=2)
+@pytest.mark.parametrize("flag_path", [True, False], ids=["flag", "peft-toggle"])
+def test_adapters_disabled_runs_the_base_model_and_restores_state(monkeypatch, flag_path):
+    if not flag_path:  # a PEFT whose disable flag works otherwise: the public toggle must do the same
+        monkeypatch.setattr(lora_module, "_flag_toggles", lambda layers: False)
+    base = tiny("wan", seed=3)
+    policy = perturbed_lora(add_lora(tiny("wan", seed=3), rank=2))
+    batch = batch_for("wan", base)
+    t = torch.tensor([0.2, 0.7])
+    layers = lora_layers(policy)
+    assert len(layers) == 3 * 2 * len(policy.blocks)  # q/k/v of self- and cross-attention
     before = {n: p.requires_grad for n, p in policy.named_parameters()}
-    with adapters_disabled(policy):
-        pass
+    with torch.no_grad():
+        want, lora_out = forward(base, "wan", batch, batch["x0"], t), forward(policy, "wan", batch, batch["x0"], t)
+        assert not torch.equal(lora_out, want)
+        for cached in (None, layers):
+            with adapters_disabled(policy, cached):
+                assert all(layer.disable_adapters for layer in layers)
+                assert torch.equal(forward(policy, "wan", batch, batch["x0"], t), want)
+            assert not any(layer.disable_adapters for layer in layers)
+        with pytest.raises(RuntimeError, match="inside"), adapters_disabled(policy, layers):
+            raise RuntimeError("inside")  # an error in the reference forward still re-enables
+        assert torch.equal(forward(policy, "wan", batch, batch["x0"], t), lora_out)
     assert before == {n: p.requires_grad for n, p in policy.named_parameters()}
+
+
+def test_adapters_disabled_uses_the_flag_on_this_peft():
+    layers = lora_layers(add_lora(tiny("wan"), rank=2))
+    assert lora_module._flag_toggles(layers)  # else every reference step pays PEFT's ~1.5 ms toggle
+    with pytest.raises(ValueError, match="no LoRA"), adapters_disabled(tiny("wan")):
+        pass
 
 
 def test_export_loads_through_wan_vace_pipeline_and_load_lora_adapter(tmp_path):

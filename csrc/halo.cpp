@@ -17,6 +17,10 @@
 //     grad_pred = (2 g[b] / N) * w * (pred - target)        (in pred's dtype).
 // clamp is written as two compares so that a NaN in the mask stays NaN (never a silent 0 or 1).
 //
+// `halo_loss_forward` also evaluates the per-sample loss head on the B errors (IPA or SFT, see
+// ipa/ops/halo_loss.py) in the same call: on CPU the head as ~15 tiny torch ops cost 4x the
+// dispatch of the whole rest of the op.
+//
 // Accumulation is fp32 for fp16/bf16/fp32 inputs (fp64 for fp64 inputs), in chunks of kChunk
 // elements folded into a double, then planes are summed per sample in a fixed order, so results
 // are deterministic whatever the thread count.
@@ -24,6 +28,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -207,6 +212,64 @@ void backward_impl(const double* grad_err, const T* pred, const T* target, const
   }
 }
 
+// The loss head, in double, on err[b] (and err_ref[b], t[b] for IPA); outputs in O (the
+// accumulation dtype the Python side reports: float, or double for double inputs).
+//   IPA: c_b = beta/2 (1 - t_b)^2, logit_b = c_b (err_ref_b - err_b),
+//        L = mean_b softplus(-logit_b)  (= -log sigmoid(logit_b)),
+//        coef_b = dL / d err_b = c_b sigmoid(-logit_b) / B,
+//        stats = [mean gap, mean err, mean err_ref, mean(gap > 0), mean logit].
+//   SFT: L = mean_b err_b, coef_b = 1 / B, stats = [L].
+// The errors are first rounded to O, the dtype `halo_error` returns, so a reference error stored
+// from `halo_error` gives the same gap as the online one (step 0: exactly log 2 either way).
+// softplus and sigmoid in their overflow-free forms; a NaN error propagates to L and coef.
+enum Objective : int { kIPA = 0, kSFT = 1 };
+
+inline double softplus_neg(double x) {  // softplus(-x) = max(-x, 0) + log1p(exp(-|x|))
+  return std::isnan(x) ? x : std::max(-x, 0.0) + std::log1p(std::exp(-std::fabs(x)));
+}
+
+inline double sigmoid_neg(double x) {  // sigmoid(-x) = 1 / (1 + exp(x))
+  if (x >= 0) {
+    const double e = std::exp(-x);
+    return e / (1.0 + e);
+  }
+  return 1.0 / (1.0 + std::exp(x));
+}
+
+template <typename O>
+void loss_head(int objective, const double* err, const double* err_ref, const double* t, double beta,
+               int64_t B, O* out_loss, O* out_stats, O* out_coef) {
+  const double inv_b = 1.0 / double(B);
+  auto rounded = [](double v) { return double(O(v)); };
+  if (objective == kSFT) {
+    double sum = 0.0;
+    for (int64_t b = 0; b < B; ++b) {
+      sum += rounded(err[b]);
+      out_coef[b] = O(inv_b);
+    }
+    *out_loss = O(sum * inv_b);
+    out_stats[0] = O(sum * inv_b);
+    return;
+  }
+  double loss = 0, gap = 0, e = 0, e_ref = 0, wins = 0, logit = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const double c = beta / 2 * (1 - t[b]) * (1 - t[b]);
+    const double eb = rounded(err[b]), eb_ref = rounded(err_ref[b]);
+    const double g = eb_ref - eb;
+    const double z = c * g;
+    loss += softplus_neg(z);
+    out_coef[b] = O(c * sigmoid_neg(z) * inv_b);
+    gap += g;
+    e += eb;
+    e_ref += eb_ref;
+    wins += g > 0 ? 1.0 : 0.0;
+    logit += z;
+  }
+  *out_loss = O(loss * inv_b);
+  const double stats[5] = {gap, e, e_ref, wins, logit};
+  for (int k = 0; k < 5; ++k) out_stats[k] = O(stats[k] * inv_b);
+}
+
 // Turn (dtype code, mask dtype code) into concrete pointer types and call `fn`.
 template <typename Fn>
 void dispatch(int dtype, int mask_dtype, Fn&& fn) {
@@ -250,6 +313,32 @@ void halo_forward(uintptr_t pred, uintptr_t ref, uintptr_t target, uintptr_t mas
   });
 }
 
+// Errors and loss head in one call. `ref` (0: none) gives err_ref in the same pass; otherwise
+// IPA reads the precomputed `ref_err` (double [B]). `t`: double [B] timesteps (IPA).
+void halo_loss_forward(uintptr_t pred, uintptr_t ref, uintptr_t target, uintptr_t mask, uintptr_t t,
+                       uintptr_t ref_err, uintptr_t out_loss, uintptr_t out_stats, uintptr_t out_coef,
+                       int64_t B, int64_t C, int64_t F, int64_t HW, int64_t skip, double hand_weight,
+                       double beta, int objective, int dtype, int mask_dtype, int out_dtype, int threads) {
+  if (objective != kIPA && objective != kSFT)
+    throw std::invalid_argument("ipa._C: unknown objective code " + std::to_string(objective));
+  if (objective == kIPA && (!t || (!ref && !ref_err)))
+    throw std::invalid_argument("ipa._C: the IPA head needs timesteps and a reference");
+  std::vector<double> err(B), err_ref(B);
+  halo_forward(pred, ref, target, mask, reinterpret_cast<uintptr_t>(err.data()),
+               reinterpret_cast<uintptr_t>(err_ref.data()), B, C, F, HW, skip, hand_weight, dtype,
+               mask_dtype, threads);
+  const double* e_ref = ref ? err_ref.data() : reinterpret_cast<const double*>(ref_err);
+  const double* ts = reinterpret_cast<const double*>(t);
+  if (out_dtype == kFloat32)
+    loss_head(objective, err.data(), e_ref, ts, beta, B, reinterpret_cast<float*>(out_loss),
+              reinterpret_cast<float*>(out_stats), reinterpret_cast<float*>(out_coef));
+  else if (out_dtype == kFloat64)
+    loss_head(objective, err.data(), e_ref, ts, beta, B, reinterpret_cast<double*>(out_loss),
+              reinterpret_cast<double*>(out_stats), reinterpret_cast<double*>(out_coef));
+  else
+    throw std::invalid_argument("ipa._C: unsupported output dtype code " + std::to_string(out_dtype));
+}
+
 void halo_backward(uintptr_t grad_err, uintptr_t pred, uintptr_t target, uintptr_t mask,
                    uintptr_t grad_pred, int64_t B, int64_t C, int64_t F, int64_t HW, int64_t skip,
                    double hand_weight, int dtype, int mask_dtype, int threads) {
@@ -267,13 +356,20 @@ void halo_backward(uintptr_t grad_err, uintptr_t pred, uintptr_t target, uintptr
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "ipa CPU kernels (HALO-weighted squared error, forward and backward).";
+  m.doc() = "ipa CPU kernels (HALO-weighted squared error and loss head, forward and backward).";
   m.def("halo_forward", &halo_forward, py::call_guard<py::gil_scoped_release>(),
         "Per-sample HALO errors of pred (and ref) against target, written as float64 [B].",
         py::arg("pred"), py::arg("ref"), py::arg("target"), py::arg("mask"), py::arg("out_pred"),
         py::arg("out_ref"), py::arg("B"), py::arg("C"), py::arg("F"), py::arg("HW"),
         py::arg("skip"), py::arg("hand_weight"), py::arg("dtype"), py::arg("mask_dtype"),
         py::arg("threads"));
+  m.def("halo_loss_forward", &halo_loss_forward, py::call_guard<py::gil_scoped_release>(),
+        "HALO errors and the IPA/SFT loss head: loss, stats and dL/derr written in out_dtype.",
+        py::arg("pred"), py::arg("ref"), py::arg("target"), py::arg("mask"), py::arg("t"),
+        py::arg("ref_err"), py::arg("out_loss"), py::arg("out_stats"), py::arg("out_coef"),
+        py::arg("B"), py::arg("C"), py::arg("F"), py::arg("HW"), py::arg("skip"),
+        py::arg("hand_weight"), py::arg("beta"), py::arg("objective"), py::arg("dtype"),
+        py::arg("mask_dtype"), py::arg("out_dtype"), py::arg("threads"));
   m.def("halo_backward", &halo_backward, py::call_guard<py::gil_scoped_release>(),
         "Gradient of the HALO error with respect to pred, written in pred's dtype.",
         py::arg("grad_err"), py::arg("pred"), py::arg("target"), py::arg("mask"),

@@ -125,6 +125,28 @@ def forward(backend, pred, ref, target, mask, hand_weight, skip_frames):
     return out.to(acc), (out_ref.to(acc) if ref is not None else None)
 
 
+OBJECTIVE_CODES = {"ipa": 0, "sft": 1}  # csrc/halo.cpp (enum Objective)
+
+
+def cpp_loss_forward(pred, ref, target, mask, timesteps, ref_error, objective, beta, hand_weight,
+                     skip_frames, n_stats):
+    """(loss, stats [n_stats], coef [B]) in acc_dtype(pred.dtype): errors and head in one C++ call."""
+    mask = _mask_for_kernel(mask)
+    B, C, F, H, W = pred.shape
+    acc = acc_dtype(pred.dtype)
+    t64 = timesteps.to(torch.float64).contiguous() if timesteps is not None else None
+    ref64 = ref_error.to(torch.float64).contiguous() if ref_error is not None else None
+    loss, stats, coef = torch.empty((), dtype=acc), torch.empty(n_stats, dtype=acc), torch.empty(B, dtype=acc)
+    _load("cpp").halo_loss_forward(
+        _ptr(pred), _ptr(ref), _ptr(target), _ptr(mask), _ptr(t64), _ptr(ref64),
+        loss.data_ptr(), stats.data_ptr(), coef.data_ptr(), B, C, F, H * W, skip_frames,
+        float(hand_weight), float(beta), OBJECTIVE_CODES[objective], _CPP_DTYPE_CODES[pred.dtype],
+        _CPP_DTYPE_CODES[mask.dtype] if mask is not None else 0, _CPP_DTYPE_CODES[acc],
+        torch.get_num_threads(),
+    )
+    return loss, stats, coef
+
+
 def backward(backend, grad_err, pred, target, mask, hand_weight, skip_frames):
     """d(sum_b grad_err[b] * err[b]) / d pred, in pred's dtype."""
     B, C, F, H, W = pred.shape

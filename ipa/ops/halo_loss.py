@@ -50,6 +50,10 @@ def _halo_loss_fwd(pred: Tensor, ref: Optional[Tensor], target: Tensor, hand_mas
     pred, target = pred.contiguous(), target.contiguous()
     ref = ref.contiguous() if ref is not None else None
     hand_mask = hand_mask.contiguous() if hand_mask is not None else None
+    if backend == "cpp":  # the head inside the C++ call: no tiny torch ops on CPU
+        n_stats = len(IPA_STATS if objective == "ipa" else SFT_STATS)
+        return _backends.cpp_loss_forward(pred, ref, target, hand_mask, timesteps, ref_error, objective,
+                                          beta, hand_weight, skip_frames, n_stats)
     err, err_ref = _backends.forward(backend, pred, ref, target, hand_mask, hand_weight, skip_frames)
     if objective == "sft":
         loss = err.mean()

@@ -89,6 +89,51 @@ def test_ipa_gradient_sign_rewards_beating_reference(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4], ids=["small", "unit", "saturated"])
+def test_ipa_head_and_metrics_match_reference(backend, scale):
+    """The loss head on B errors (in the C++ call on CPU), from tiny to saturated logits: loss,
+    every metric and the gradient as `ipa.ops.reference` in float64, never inf or NaN."""
+    _need(backend)
+    pred, ref, target, m = make_inputs(SHAPE, seed=3)
+    ref = pred + 0.3 * ref
+    ref[0] = target[0]  # sample 0: the reference is exact, the policy loses by far
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0])  # t = 1 zeroes the weight (1 - t)^2
+    beta = 600.0 * scale
+    p, q = _leaf(pred), _leaf(pred.double())
+    loss, metrics = flow_ipa_loss(p, target, t, m, ref_pred=ref, beta=beta, backend=backend)
+    want = reference.flow_ipa_loss(q, target.double(), t.double(), m.double(), ref_pred=ref.double(), beta=beta)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-7)
+    err = reference.halo_error(pred.double(), target.double(), m.double())
+    err_ref = reference.halo_error(ref.double(), target.double(), m.double())
+    gap, logit = err_ref - err, beta / 2 * (1 - t.double()) ** 2 * (err_ref - err)
+    expected = {"ipa_gap": gap.mean(), "model_error": err.mean(), "reference_error": err_ref.mean(),
+                "implicit_accuracy": (gap > 0).double().mean(), "logit": logit.mean()}
+    assert set(metrics) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(metrics[name].double(), value, rtol=1e-4, atol=1e-6, msg=name)
+    loss.backward()
+    want.backward()
+    assert torch.isfinite(p.grad).all()
+    torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-4, atol=1e-5 * q.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_ipa_loss_gradcheck_fp64(backend):
+    """float64 in, float64 head out: the whole loss (errors, head, backward) passes gradcheck."""
+    _need(backend)
+    pred, ref, target, m = (x.double() if x is not None else None for x in make_inputs((2, 2, 3, 2, 3)))
+    t = torch.tensor([0.2, 0.7], dtype=torch.float64)
+    p = _leaf(pred)
+    for kw in (dict(ref_pred=pred + 0.1 * ref), dict(ref_error=torch.tensor([0.5, 3.0], dtype=torch.float64))):
+        fn = lambda x: flow_ipa_loss(x, target, t, m, beta=2.0, backend=backend, **kw)[0]  # noqa: E731
+        assert fn(p).dtype == torch.float64
+        assert torch.autograd.gradcheck(fn, (p,), eps=1e-6, atol=1e-7)
+    sft = lambda x: flow_sft_loss(x, target, m, backend=backend)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(sft, (p,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sft_matches_reference(backend):
     _need(backend)
     pred, _, target, m = make_inputs(SHAPE)

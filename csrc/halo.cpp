@@ -156,18 +156,24 @@ inline void grad_span(const T* p, const T* t, const M* m, A scale, A lam1, int64
   }
 }
 
-// The gradient is not read again before the optimizer needs it, so it is streamed past the
-// caches: a plain store first reads every line it writes (read-for-ownership), a quarter of the
-// backward's memory traffic. Blocks of kStreamBytes are computed into an aligned scratch buffer
-// (vectorized as above) and written with 16-byte non-temporal stores (SSE2: every x86-64 CPU).
+// Where the gradient goes. The model's backward reads it right after this kernel, so a gradient
+// that fits in the last-level cache is stored normally and read back from there. A larger one
+// would evict everything on its way out anyway: it is streamed past the caches with
+// non-temporal stores, which also skips the read-for-ownership a plain store does on every line.
+// Blocks of kStreamBytes are computed into an aligned scratch buffer (vectorized as above) and
+// written with 16-byte non-temporal stores (SSE2: every x86-64 CPU). kStreamAbove is a server
+// LLC slice (measured, benchmarks/NOTES.md: below it plain stores were 7-20% faster with the
+// gradient read afterwards; at 37 MB streaming was even or ahead).
+constexpr int64_t kStreamAbove = int64_t(32) << 20;
 constexpr int64_t kStreamBytes = 256;
 
 template <bool HAS_MASK, typename T, typename M, typename A = typename AccOf<T>::type>
-inline void plane_grad(const T* p, const T* t, const M* m, A scale, A lam1, int64_t n, T* g) {
+inline void plane_grad(const T* p, const T* t, const M* m, A scale, A lam1, int64_t n, T* g,
+                       bool stream) {
 #if defined(__SSE2__)
   constexpr int64_t block = kStreamBytes / int64_t(sizeof(T));
   const uintptr_t addr = reinterpret_cast<uintptr_t>(g);
-  if (addr % sizeof(T) == 0 && n >= 2 * block) {
+  if (stream && addr % sizeof(T) == 0 && n >= 2 * block) {
     const int64_t head = std::min<int64_t>(n, int64_t((16 - addr % 16) % 16) / int64_t(sizeof(T)));
     grad_span<HAS_MASK>(p, t, m, scale, lam1, 0, head, g, 0);
     alignas(64) T buf[block];
@@ -193,6 +199,7 @@ void backward_impl(const double* grad_err, const T* pred, const T* target, const
   const int64_t mask_frames = s.F - s.skip;
   const A lam1 = A(hand_weight - 1.0);
   const double two_over_n = 2.0 / double(s.C * s.F * s.HW);
+  const bool stream = planes * s.HW * int64_t(sizeof(T)) > kStreamAbove;
 
 #pragma omp parallel num_threads(threads)
   {
@@ -203,11 +210,11 @@ void backward_impl(const double* grad_err, const T* pred, const T* target, const
       const int64_t off = pl * s.HW;
       const A scale = A(grad_err[b] * two_over_n);
       const M* m = (mask && f >= s.skip) ? mask + (b * mask_frames + (f - s.skip)) * s.HW : nullptr;
-      if (m) plane_grad<true>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off);
-      else plane_grad<false>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off);
+      if (m) plane_grad<true>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off, stream);
+      else plane_grad<false>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off, stream);
     }
 #if defined(__SSE2__)
-    _mm_sfence();  // each thread: order its streamed stores before the region's closing barrier
+    if (stream) _mm_sfence();  // each thread: order its streamed stores before the closing barrier
 #endif
   }
 }

@@ -149,6 +149,30 @@ def test_deterministic(backend):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype,frames", [(torch.float32, 5), (torch.bfloat16, 9)])
+def test_cpp_large_gradient_takes_the_streaming_stores(dtype, frames):
+    """A gradient over 32 MB is written with non-temporal stores (csrc/halo.cpp, kStreamAbove), one
+    under it with plain stores: each sample here is under, the batch over, and both must give the
+    same bits. W = 255 puts planes off 16-byte alignment, so the unaligned head and tail run too."""
+    _need("cpp")
+    from ipa.ops import _backends
+
+    shape = (2, 16, frames, 256, 255)
+    g = torch.Generator().manual_seed(4)
+    pred, target = (torch.randn(shape, generator=g).to(dtype) for _ in range(2))
+    mask = torch.rand((2, frames - 1, 256, 255), generator=g)
+    grad_err = torch.tensor([0.7, 1.3])
+    per_sample = pred[0].numel() * pred.element_size()
+    assert per_sample < 32 << 20 < 2 * per_sample
+    streamed = _backends.backward("cpp", grad_err, pred, target, mask, 10.0, 1)
+    for b in range(2):
+        plain = _backends.backward("cpp", grad_err[b:b + 1], pred[b:b + 1], target[b:b + 1], mask[b:b + 1], 10.0, 1)
+        assert torch.equal(streamed[b:b + 1], plain), b
+    want = _backends.backward("torch", grad_err, pred, target, mask, 10.0, 1)
+    tol = dict(rtol=1e-6, atol=0) if dtype == torch.float32 else dict(rtol=2 ** -7, atol=0)
+    torch.testing.assert_close(streamed, want, **tol)
+
+
 def test_hand_weight_one_is_plain_mse_and_weights_hands():
     pred, _, target, _ = make_inputs((2, 2, 3, 4, 5))
     ones = torch.ones(2, 2, 4, 5)

@@ -12,8 +12,9 @@ the forward is      err[b]  = (1 / N) * sum w * (pred - target)^2
 and the backward    d err[b] / d pred = (2 / N) * w * (pred - target),
 so with the upstream g[b] the gradient is  (2 g[b] / N) * w * (pred - target), written in pred's
 dtype in one pass. The forward reads pred, ref and target once and produces both errors; each
-program writes one fp32 (fp64 for fp64 inputs) partial sum per error, and the partials are
-reduced per sample on the host side in a fixed order (deterministic, no atomics).
+program writes one fp32 (fp64 for fp64 inputs) partial sum per error, and one more program
+(`_fold_kernel`) folds them per sample in fp64 in a fixed order (deterministic, no atomics) and,
+for a loss, evaluates its head on the B errors too: a loss forward is two launches, not a dozen.
 clamp is two `where`s so a NaN in the mask stays NaN.
 """
 
@@ -80,6 +81,75 @@ def _halo_bwd_kernel(
     tl.store(grad_ptr + base + offs, (scale * d).to(grad_ptr.dtype.element_ty), mask=in_bounds)
 
 
+HEAD_NONE, HEAD_IPA, HEAD_SFT = 0, 1, 2
+MAX_FOLD_BATCH = 256  # one program holds a [BLOCK_B, BLOCK_P] tile; larger batches fold in torch
+
+
+@triton.jit
+def _fold_kernel(
+    part_ptr, part_ref_ptr, ref_err_ptr, t_ptr, err_ptr, err_ref_ptr, loss_ptr, stats_ptr, coef_ptr,
+    B, P, N, beta,
+    HEAD: tl.constexpr, REF_PARTS: tl.constexpr, ROUND_FP32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """One program: per-sample errors from [B, P] partials (fp64 tile sums), then the loss head.
+
+    HEAD_NONE writes err (and err_ref); HEAD_IPA / HEAD_SFT write loss, stats and coef = dL/derr:
+      IPA: c = beta/2 (1 - t)^2, logit = c (err_ref - err), L = mean softplus(-logit),
+           coef = c sigmoid(-logit) / B, stats = [gap, err, err_ref, gap > 0, logit] means;
+      SFT: L = mean err, coef = 1 / B, stats = [L].
+    Errors are rounded to the accumulation dtype before the head, as `halo_error` returns them,
+    so a stored reference error gives the same gap as the online one (csrc/halo.cpp does the same).
+    """
+    bs = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_P)
+    valid = bs < B
+    rows = bs.to(tl.int64)[:, None] * P
+    acc = tl.zeros([BLOCK_B, BLOCK_P], dtype=tl.float64)
+    acc_ref = tl.zeros([BLOCK_B, BLOCK_P], dtype=tl.float64)
+    for start in range(0, P, BLOCK_P):
+        idx = start + cols
+        m = valid[:, None] & (idx < P)[None, :]
+        acc += tl.load(part_ptr + rows + idx[None, :], mask=m, other=0).to(tl.float64)
+        if REF_PARTS:
+            acc_ref += tl.load(part_ref_ptr + rows + idx[None, :], mask=m, other=0).to(tl.float64)
+    err = tl.sum(acc, axis=1) / N
+    err_ref = tl.sum(acc_ref, axis=1) / N
+    if ROUND_FP32:
+        err = err.to(tl.float32).to(tl.float64)
+        err_ref = err_ref.to(tl.float32).to(tl.float64)
+    if HEAD == 0:
+        tl.store(err_ptr + bs, err.to(err_ptr.dtype.element_ty), mask=valid)
+        if REF_PARTS:
+            tl.store(err_ref_ptr + bs, err_ref.to(err_ref_ptr.dtype.element_ty), mask=valid)
+    else:
+        out_ty = loss_ptr.dtype.element_ty
+        if HEAD == 2:
+            loss = tl.sum(tl.where(valid, err, 0.0), axis=0) / B
+            tl.store(loss_ptr, loss.to(out_ty))
+            tl.store(stats_ptr, loss.to(out_ty))
+            tl.store(coef_ptr + bs, ((tl.zeros_like(err) + 1.0) / B).to(out_ty), mask=valid)
+        else:
+            if not REF_PARTS:
+                err_ref = tl.load(ref_err_ptr + bs, mask=valid, other=0).to(tl.float64)
+            t = tl.load(t_ptr + bs, mask=valid, other=0).to(tl.float64)
+            c = beta * 0.5 * (1.0 - t) * (1.0 - t)
+            gap = err_ref - err
+            z = c * gap
+            # softplus(-z) and sigmoid(-z) from e = exp(-|z|) in (0, 1]: nothing overflows in either
+            # branch; a NaN z stays NaN in both.
+            e = tl.exp(-tl.abs(z))
+            softplus = tl.maximum(-z, 0.0) + tl.log(1.0 + e)
+            sig = tl.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+            tl.store(coef_ptr + bs, (c * sig / B).to(out_ty), mask=valid)
+            tl.store(loss_ptr, (tl.sum(tl.where(valid, softplus, 0.0), axis=0) / B).to(out_ty))
+            tl.store(stats_ptr + 0, (tl.sum(tl.where(valid, gap, 0.0), axis=0) / B).to(out_ty))
+            tl.store(stats_ptr + 1, (tl.sum(tl.where(valid, err, 0.0), axis=0) / B).to(out_ty))
+            tl.store(stats_ptr + 2, (tl.sum(tl.where(valid, err_ref, 0.0), axis=0) / B).to(out_ty))
+            tl.store(stats_ptr + 3, (tl.sum(tl.where(valid & (gap > 0), 1.0, 0.0), axis=0) / B).to(out_ty))
+            tl.store(stats_ptr + 4, (tl.sum(tl.where(valid, z, 0.0), axis=0) / B).to(out_ty))
+
+
 def _launch_config(hw: int):
     block = min(4096, triton.next_power_of_2(max(hw, 16)))
     num_warps = 8 if block >= 2048 else 4
@@ -90,12 +160,8 @@ def _acc_dtype(dtype: torch.dtype):
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
-def halo_forward(pred, ref, target, mask, hand_weight: float, skip_frames: int):
-    """Per-sample errors of `pred` (and `ref`) against `target`.
-
-    Inputs are contiguous: pred/ref/target [B, C, F, H, W], mask [B, F - skip, H, W] or None.
-    Returns (err_pred [B], err_ref [B] or None) in fp32 (fp64 for fp64 inputs).
-    """
+def _partials(pred, ref, target, mask, hand_weight, skip_frames):
+    """Launch the forward kernel: [B, P] partial sums for pred (and ref), P = C * F * blocks."""
     B, C, F, H, W = pred.shape
     hw = H * W
     block, num_warps = _launch_config(hw)
@@ -110,13 +176,57 @@ def halo_forward(pred, ref, target, mask, hand_weight: float, skip_frames: int):
         HAS_REF=ref is not None, HAS_MASK=mask is not None, ACC=acc_tl, BLOCK=block,
         num_warps=num_warps,
     )
-    n = C * F * hw
+    return part_pred.view(B, -1), (part_ref.view(B, -1) if ref is not None else None), C * F * hw
 
-    def per_sample(part):
-        # fp64 fold of a few thousand partials per sample: fixed order, negligible cost.
-        return (part.view(B, -1).to(torch.float64).sum(dim=1) / n).to(acc_torch)
 
-    return per_sample(part_pred), (per_sample(part_ref) if ref is not None else None)
+def _fold(part, part_ref, *, head, n, acc_torch, ref_error=None, t=None, beta=0.0, n_stats=1):
+    B, P = part.shape
+    block_b = triton.next_power_of_2(B)
+    dummy = part
+    err = torch.empty(B, device=part.device, dtype=acc_torch)
+    err_ref = torch.empty(B, device=part.device, dtype=acc_torch) if part_ref is not None else err
+    loss = torch.empty((), device=part.device, dtype=acc_torch)
+    stats = torch.empty(n_stats, device=part.device, dtype=acc_torch)
+    coef = torch.empty(B, device=part.device, dtype=acc_torch)
+    _fold_kernel[(1,)](
+        part, part_ref if part_ref is not None else dummy, ref_error if ref_error is not None else dummy,
+        t if t is not None else dummy, err, err_ref, loss, stats, coef,
+        B, P, n, float(beta),
+        HEAD=head, REF_PARTS=part_ref is not None, ROUND_FP32=acc_torch == torch.float32,
+        BLOCK_B=block_b, BLOCK_P=max(16, 2048 // block_b), num_warps=4,
+    )
+    return err, err_ref, loss, stats, coef
+
+
+def _fold_in_torch(part, n, acc_torch):
+    return (part.to(torch.float64).sum(dim=1) / n).to(acc_torch)
+
+
+def halo_forward(pred, ref, target, mask, hand_weight: float, skip_frames: int):
+    """Per-sample errors of `pred` (and `ref`) against `target`.
+
+    Inputs are contiguous: pred/ref/target [B, C, F, H, W], mask [B, F - skip, H, W] or None.
+    Returns (err_pred [B], err_ref [B] or None) in fp32 (fp64 for fp64 inputs).
+    """
+    part, part_ref, n = _partials(pred, ref, target, mask, hand_weight, skip_frames)
+    acc_torch = _acc_dtype(pred.dtype)[1]
+    if part.shape[0] > MAX_FOLD_BATCH:
+        return _fold_in_torch(part, n, acc_torch), (_fold_in_torch(part_ref, n, acc_torch) if ref is not None else None)
+    err, err_ref, *_ = _fold(part, part_ref, head=HEAD_NONE, n=n, acc_torch=acc_torch)
+    return err, (err_ref if ref is not None else None)
+
+
+def halo_loss_forward(pred, ref, target, mask, timesteps, ref_error, objective: str, beta: float,
+                      hand_weight: float, skip_frames: int, n_stats: int):
+    """(loss, stats [n_stats], coef [B]) for objective "ipa" or "sft" in two launches, or None when
+    the batch is too large for the one-program fold (the caller then runs the head in torch)."""
+    if pred.shape[0] > MAX_FOLD_BATCH:
+        return None
+    part, part_ref, n = _partials(pred, ref, target, mask, hand_weight, skip_frames)
+    head = HEAD_IPA if objective == "ipa" else HEAD_SFT
+    _, _, loss, stats, coef = _fold(part, part_ref, head=head, n=n, acc_torch=_acc_dtype(pred.dtype)[1],
+                                    ref_error=ref_error, t=timesteps, beta=beta, n_stats=n_stats)
+    return loss, stats, coef
 
 
 def halo_backward(grad_err, pred, target, mask, hand_weight: float, skip_frames: int):

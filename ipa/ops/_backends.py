@@ -128,9 +128,16 @@ def forward(backend, pred, ref, target, mask, hand_weight, skip_frames):
 OBJECTIVE_CODES = {"ipa": 0, "sft": 1}  # csrc/halo.cpp (enum Objective)
 
 
-def cpp_loss_forward(pred, ref, target, mask, timesteps, ref_error, objective, beta, hand_weight,
-                     skip_frames, n_stats):
-    """(loss, stats [n_stats], coef [B]) in acc_dtype(pred.dtype): errors and head in one C++ call."""
+def loss_forward(backend, pred, ref, target, mask, timesteps, ref_error, objective, beta, hand_weight,
+                 skip_frames, n_stats):
+    """(loss, stats [n_stats], coef [B]) in acc_dtype(pred.dtype), errors and loss head fused: one
+    C++ call, or two Triton launches. None where the backend has no fused head (the caller then
+    runs `forward` and the head in torch)."""
+    if backend == "triton":
+        return _load("triton").halo_loss_forward(pred, ref, target, _mask_for_kernel(mask), timesteps,
+                                                 ref_error, objective, beta, hand_weight, skip_frames, n_stats)
+    if backend != "cpp":
+        return None
     mask = _mask_for_kernel(mask)
     B, C, F, H, W = pred.shape
     acc = acc_dtype(pred.dtype)

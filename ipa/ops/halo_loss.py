@@ -4,7 +4,8 @@ Both losses are a mean over samples of a head h(err_b) applied to per-sample err
 
     dL / d pred = sum_b h'(err_b) * d err_b / d pred.
 
-`ipa::halo_loss_fwd` runs the fused error kernel, evaluates the head on the B errors and returns
+`ipa::halo_loss_fwd` runs the fused error kernel, evaluates the head on the B errors (inside the
+C++ call on CPU, in the Triton fold kernel on CUDA, in torch for the torch backend) and returns
 the loss, the metrics and coef[b] = h'(err_b); its backward is the one-pass error backward with
 upstream `grad_loss * coef`. The autograd graph of a loss is thus two ops (one forward, one
 backward kernel) instead of the error op plus a dozen small head ops: fewer launches on CUDA,
@@ -50,10 +51,11 @@ def _halo_loss_fwd(pred: Tensor, ref: Optional[Tensor], target: Tensor, hand_mas
     pred, target = pred.contiguous(), target.contiguous()
     ref = ref.contiguous() if ref is not None else None
     hand_mask = hand_mask.contiguous() if hand_mask is not None else None
-    if backend == "cpp":  # the head inside the C++ call: no tiny torch ops on CPU
-        n_stats = len(IPA_STATS if objective == "ipa" else SFT_STATS)
-        return _backends.cpp_loss_forward(pred, ref, target, hand_mask, timesteps, ref_error, objective,
-                                          beta, hand_weight, skip_frames, n_stats)
+    n_stats = len(IPA_STATS if objective == "ipa" else SFT_STATS)
+    fused = _backends.loss_forward(backend, pred, ref, target, hand_mask, timesteps, ref_error, objective,
+                                   beta, hand_weight, skip_frames, n_stats)
+    if fused is not None:  # the head inside the kernel call: no tiny torch ops (launches on CUDA)
+        return fused
     err, err_ref = _backends.forward(backend, pred, ref, target, hand_mask, hand_weight, skip_frames)
     if objective == "sft":
         loss = err.mean()

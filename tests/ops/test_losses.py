@@ -133,6 +133,21 @@ def test_ipa_loss_gradcheck_fp64(backend):
     assert torch.autograd.gradcheck(sft, (p,), eps=1e-6, atol=1e-7)
 
 
+def test_triton_batch_beyond_the_one_program_fold():
+    """Batches over MAX_FOLD_BATCH fold their partials and run the head in torch: same results."""
+    _need("triton")
+    from ipa.kernels import halo
+
+    B = halo.MAX_FOLD_BATCH + 1
+    pred, ref, target, m = make_inputs((B, 1, 2, 1, 3), seed=5)
+    t = timesteps(B)
+    loss, metrics = flow_ipa_loss(_leaf(pred), target, t, m, ref_pred=ref, beta=5.0, backend="triton")
+    want, want_metrics = flow_ipa_loss(_leaf(pred), target, t, m, ref_pred=ref, beta=5.0, backend="torch")
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
+    for name in want_metrics:
+        torch.testing.assert_close(metrics[name], want_metrics[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sft_matches_reference(backend):
     _need(backend)

@@ -8,6 +8,7 @@ build runs in a child process without TRITON_INTERPRET (this process's kernels a
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -53,8 +54,7 @@ def build_all():
         try:
             if kind == "fwd":
                 sig = plane_sig(a, b, ["pred_ptr", "ref_ptr", "target_ptr"])
-                sig.update(part_pred_ptr=ptr["fp64" if a == "fp64" else "fp32"], part_ref_ptr=sig.get("part_pred_ptr"))
-                sig["part_ref_ptr"] = sig["part_pred_ptr"]
+                sig["part_pred_ptr"] = sig["part_ref_ptr"] = ptr["fp64" if a == "fp64" else "fp32"]
                 k = build(halo._halo_fwd_kernel, sig, {"HAS_REF": c, "HAS_MASK": True, "ACC": acc_tl[a], "BLOCK": 4096},
                           divisible=("pred_ptr", "ref_ptr", "target_ptr", "HW"), num_warps=8)
             elif kind == "bwd":
@@ -71,8 +71,8 @@ def build_all():
                                                    "ROUND_FP32": a == "fp32", "BLOCK_B": 8, "BLOCK_P": 256})
             ptx = k.asm["ptx"]
             results[repr(case)] = {"ok": bool(k.asm["cubin"]), "error": "",
-                                   "ptx_v4_load": ".v4.b32" in ptx and "ld.global" in ptx,
-                                   "ptx_v4_store": "st.global.v4.b32" in ptx}
+                                   "ptx_v4_load": bool(re.search(r"ld\.global(\.\w+)*\.v4\.b32", ptx)),
+                                   "ptx_v4_store": bool(re.search(r"st\.global(\.\w+)*\.v4\.b32", ptx))}
         except Exception as e:  # reported per case by the test
             results[repr(case)] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
     return results

@@ -1,4 +1,5 @@
-"""The Triton kernels compiled for a Hopper GPU (sm_90: H100/H200) on this CPU-only machine.
+"""The Triton kernels compiled for Ampere and Hopper GPUs (sm_80: A100; sm_90: H100/H200) on this
+CPU-only machine.
 
 The interpreter (TRITON_INTERPRET=1) checks what the kernels compute but accepts programs the GPU
 compiler rejects; this runs the real pipeline (Triton IR -> PTX -> ptxas cubin) with the signatures
@@ -14,7 +15,8 @@ import sys
 
 import pytest
 
-CASES = (
+ARCHS = (80, 90)
+KERNEL_CASES = (
     [("fwd", dtype, mask, has_ref) for dtype, mask in [("bf16", "u8"), ("bf16", "bf16"), ("fp16", "fp32"),
                                                        ("fp32", "fp32"), ("fp64", "u8")] for has_ref in (True, False)]
     + [("bwd", dtype, mask, has_mask) for dtype, mask in [("bf16", "u8"), ("fp16", "fp16"), ("fp32", "fp32"),
@@ -22,6 +24,7 @@ CASES = (
     + [("fold", acc, n_type, f"{head}-{ref_parts}") for head in (0, 1, 2) for ref_parts in (True, False)
        for acc, n_type in [("fp32", "i32"), ("fp64", "i64")]]
 )
+CASES = [(arch,) + case for arch in ARCHS for case in KERNEL_CASES]
 
 
 def build_all():
@@ -41,16 +44,16 @@ def build_all():
         sig = {name: signature.get(name, "constexpr") for name in kernel.arg_names}
         attrs = {(kernel.arg_names.index(name),): div16 for name in divisible}
         src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+        return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
     def plane_sig(dtype, mask, names):
         sig = {n: ptr[dtype] for n in names}
         sig.update(mask_ptr=ptr[mask], C="i32", F="i32", HW="i32", skip="i32", mask_frames="i32", lam1="fp32")
         return sig
 
-    results = {}
+    results, arch = {}, None
     for case in CASES:
-        kind, a, b, c = case
+        arch, kind, a, b, c = case
         try:
             if kind == "fwd":
                 sig = plane_sig(a, b, ["pred_ptr", "ref_ptr", "target_ptr"])
@@ -92,11 +95,11 @@ def built():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-def test_kernel_builds_for_hopper(built, case):
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "sm%d-" % c[0] + "-".join(map(str, c[1:])))
+def test_kernel_builds_for_gpu(built, case):
     result = built[repr(case)]
     assert result["ok"], result["error"]
-    kind, dtype = case[0], case[1]
+    kind, dtype = case[1], case[2]
     if dtype == "bf16":  # 16-byte accesses: 8 bf16 per thread per instruction, what HBM bandwidth needs
         assert result["ptx_v4_load"], "bf16 loads are not 16 bytes wide"
         if kind == "bwd":

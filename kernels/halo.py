@@ -67,13 +67,13 @@ def _halo_fwd_kernel(
 
 @triton.jit
 def _halo_bwd_kernel(
-    scale_ptr, pred_ptr, target_ptr, mask_ptr, grad_ptr,
-    C, F, HW, skip, mask_frames, lam1,
+    grad_err_ptr, pred_ptr, target_ptr, mask_ptr, grad_ptr,
+    C, F, HW, N, skip, mask_frames, lam1,
     HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     plane, blk, b, f, offs, in_bounds, base = _block_coords(C, F, HW, BLOCK)
 
-    scale = tl.load(scale_ptr + b).to(ACC)  # 2 * g[b] / N
+    scale = tl.load(grad_err_ptr + b).to(ACC) * 2.0 / N  # 2 g[b] / N: no host-side kernel for it
     d = (tl.load(pred_ptr + base + offs, mask=in_bounds, other=0).to(ACC)
          - tl.load(target_ptr + base + offs, mask=in_bounds, other=0).to(ACC))
     if HAS_MASK:
@@ -235,12 +235,11 @@ def halo_backward(grad_err, pred, target, mask, hand_weight: float, skip_frames:
     hw = H * W
     block, num_warps = _launch_config(hw)
     grid = (B * C * F, triton.cdiv(hw, block))
-    acc_tl, acc_torch = _acc_dtype(pred.dtype)
-    scale = (grad_err.to(acc_torch) * (2.0 / (C * F * hw))).contiguous()
+    acc_tl, _ = _acc_dtype(pred.dtype)
     grad = torch.empty_like(pred)
     _halo_bwd_kernel[grid](
-        scale, pred, target, mask if mask is not None else pred, grad,
-        C, F, hw, skip_frames, F - skip_frames, float(hand_weight) - 1.0,
+        grad_err, pred, target, mask if mask is not None else pred, grad,
+        C, F, hw, C * F * hw, skip_frames, F - skip_frames, float(hand_weight) - 1.0,
         HAS_MASK=mask is not None, ACC=acc_tl, BLOCK=block, num_warps=num_warps,
     )
     return grad

@@ -62,7 +62,7 @@ def build_all():
                           divisible=("pred_ptr", "ref_ptr", "target_ptr", "HW"), num_warps=8)
             elif kind == "bwd":
                 sig = plane_sig(a, b, ["pred_ptr", "target_ptr", "grad_ptr"])
-                sig["scale_ptr"] = ptr["fp64" if a == "fp64" else "fp32"]
+                sig.update(grad_err_ptr=ptr["fp64" if a == "fp64" else "fp32"], N="i64" if a == "fp64" else "i32")
                 k = build(halo._halo_bwd_kernel, sig, {"HAS_MASK": c, "ACC": acc_tl[a], "BLOCK": 4096},
                           divisible=("pred_ptr", "target_ptr", "grad_ptr", "HW"), num_warps=8)
             else:

@@ -180,14 +180,17 @@ def _partials(pred, ref, target, mask, hand_weight, skip_frames):
 
 
 def _fold(part, part_ref, *, head, n, acc_torch, ref_error=None, t=None, beta=0.0, n_stats=1):
+    """Launch `_fold_kernel`; the outputs the head mode does not write are `part` stand-ins."""
     B, P = part.shape
     block_b = triton.next_power_of_2(B)
     dummy = part
-    err = torch.empty(B, device=part.device, dtype=acc_torch)
-    err_ref = torch.empty(B, device=part.device, dtype=acc_torch) if part_ref is not None else err
-    loss = torch.empty((), device=part.device, dtype=acc_torch)
-    stats = torch.empty(n_stats, device=part.device, dtype=acc_torch)
-    coef = torch.empty(B, device=part.device, dtype=acc_torch)
+
+    def out(shape, wanted=True):
+        return torch.empty(shape, device=part.device, dtype=acc_torch) if wanted else dummy
+
+    err = out(B, head == HEAD_NONE)
+    err_ref = out(B, head == HEAD_NONE and part_ref is not None)
+    loss, stats, coef = out((), head != HEAD_NONE), out(n_stats, head != HEAD_NONE), out(B, head != HEAD_NONE)
     _fold_kernel[(1,)](
         part, part_ref if part_ref is not None else dummy, ref_error if ref_error is not None else dummy,
         t if t is not None else dummy, err, err_ref, loss, stats, coef,

@@ -83,11 +83,12 @@ def build_all():
 
 @pytest.fixture(scope="module")
 def built():
-    pytest.importorskip("triton")
-    try:
-        import triton.backends.nvidia.compiler  # noqa: F401  (the NVIDIA backend ships ptxas)
+    try:  # triton is installed on Linux x86-64 (setup.py) and its wheel ships the NVIDIA backend
+        import triton.backends.nvidia.compiler  # noqa: F401  (with ptxas)
     except ImportError as e:
-        pytest.skip(f"this triton has no NVIDIA backend to compile with: {e}")
+        from tests.conftest import skip_unless_ci  # here: this file also runs as the child's script
+
+        skip_unless_ci(f"this triton has no NVIDIA backend to compile with: {e}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)

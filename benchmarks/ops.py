@@ -45,7 +45,10 @@ def fused_loss(pred, ref, target, t, mask):
     return flow_ipa_loss(pred, target, t, mask, ref_pred=ref, beta=BETA)[0]
 
 
-def make_sets(shape, dtype, device, n_sets, seed=0):
+MASKS = ("latents", "bool")  # the hand mask in the latents' dtype, or as bool (an ops user's)
+
+
+def make_sets(shape, dtype, device, n_sets, seed=0, mask_dtype=None):
     """`n_sets` independent input sets; timing rotates through them so caches do not flatter."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     B, C, F, H, W = shape
@@ -54,7 +57,7 @@ def make_sets(shape, dtype, device, n_sets, seed=0):
         pred = torch.randn(shape, generator=g).to(device, dtype).requires_grad_()
         ref = (pred.detach() + 0.05 * torch.randn(shape, generator=g).to(device, dtype))
         target = torch.randn(shape, generator=g).to(device, dtype)
-        mask = (torch.rand(B, F - 1, H, W, generator=g) > 0.9).to(device, dtype)
+        mask = (torch.rand(B, F - 1, H, W, generator=g) > 0.9).to(device, mask_dtype or dtype)
         t = torch.rand(B, generator=g).to(device)
         sets.append((pred, ref, target, t, mask))
     return sets
@@ -72,10 +75,10 @@ def step_fn(loss_fn, sets):
     return step
 
 
-def floor_bytes(shape, dtype):
+def floor_bytes(shape, dtype, mask_dtype=None):
     n = math.prod(shape)
     B, C, F, H, W = shape
-    mask = B * (F - 1) * H * W * torch.finfo(dtype).bits // 8
+    mask = B * (F - 1) * H * W * (mask_dtype or dtype).itemsize
     return 6 * n * torch.finfo(dtype).bits // 8 + 2 * mask
 
 
@@ -90,11 +93,12 @@ def run(args):
         shape = SIZES[size]
         for dname in args.dtypes:
             dtype = DTYPES[dname]
+            mask_dtype = torch.bool if args.mask == "bool" else dtype
             set_bytes = 3 * math.prod(shape) * torch.finfo(dtype).bits // 8
             n_sets = max(1, min(args.max_sets, math.ceil(args.rotate_mb * 2**20 / set_bytes)))
-            sets = make_sets(shape, dtype, device, n_sets)
+            sets = make_sets(shape, dtype, device, n_sets, mask_dtype=mask_dtype)
             copy_gbps = copy_bandwidth(max(set_bytes // 3, 64 * 2**20), device)
-            nbytes = floor_bytes(shape, dtype)
+            nbytes = floor_bytes(shape, dtype, mask_dtype)
             fns = {"fused": fused_loss, "eager": eager_loss}
             if "compile" in args.impls:
                 torch._dynamo.reset()
@@ -113,7 +117,7 @@ def run(args):
                 gbps = nbytes / (med * 1e-3) / 1e9
                 rows.append({
                     **info, "size": size, "shape": "x".join(map(str, shape)), "dtype": dname,
-                    "impl": impl, "median_ms": round(med, 3), "p10_ms": round(p10, 3),
+                    "mask": args.mask, "impl": impl, "median_ms": round(med, 3), "p10_ms": round(p10, 3),
                     "p90_ms": round(p90, 3), "reps": reps, "floor_bytes": nbytes,
                     "gbps": round(gbps, 2), "copy_gbps": round(copy_gbps, 2),
                     "frac_copy": round(gbps / copy_gbps, 3), "peak_extra_mb": round(peak / 2**20, 1),
@@ -162,6 +166,8 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None)
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp32"])
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    p.add_argument("--mask", choices=MASKS, default="latents",
+                   help="hand mask dtype: the latents' or bool")
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per implementation")
     p.add_argument("--min-reps", type=int, default=5)
     p.add_argument("--rotate-mb", type=float, default=512, help="rotate input sets totalling this size")
@@ -175,7 +181,8 @@ def main(argv=None):
     from pathlib import Path
 
     out = Path(args.out_dir)
-    stem = f"ops-{device_slug(torch.device(args.device))}" + ("-quick" if args.quick else "")
+    stem = (f"ops-{device_slug(torch.device(args.device))}" + ("-boolmask" if args.mask == "bool" else "")
+            + ("-quick" if args.quick else ""))
     write_csv(out / f"{stem}.csv", rows)
     plot(rows, out / f"{stem}.png")
     print_table(rows, ["size", "dtype", "impl", "median_ms", "p10_ms", "p90_ms", "gbps", "frac_copy",

@@ -74,6 +74,12 @@ template <typename A> inline void store(bf16* p, int64_t i, A v) {
 
 template <typename A> inline A clamp01(A v) { return v < A(0) ? A(0) : (v > A(1) ? A(1) : v); }
 
+// clamp(mask, 0, 1) in A. For a uint8 (or bool) mask that is "nonzero", written as a compare:
+// GCC turns clamp01 of a converted byte into a branch and then vectorizes nothing (measured:
+// 4-5x slower kernels with a bool mask than with a bf16 one, benchmarks/NOTES.md).
+template <typename A, typename M> inline A mask01(const M* m, int64_t i) { return clamp01(load<A>(m, i)); }
+template <typename A> inline A mask01(const uint8_t* m, int64_t i) { return A(int32_t(m[i] != 0)); }
+
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 
@@ -93,7 +99,7 @@ inline void plane_sums(const T* p, const T* r, const T* t, const M* m, A lam1, i
     for (int64_t i = i0; i < i1; ++i) {
       const A tv = load<A>(t, i);
       A w = A(1);
-      if constexpr (HAS_MASK) w = A(1) + lam1 * clamp01(load<A>(m, i));
+      if constexpr (HAS_MASK) w = A(1) + lam1 * mask01<A>(m, i);
       const A dp = load<A>(p, i) - tv;
       sp += w * dp * dp;
       if constexpr (HAS_REF) {
@@ -151,7 +157,7 @@ inline void grad_span(const T* p, const T* t, const M* m, A scale, A lam1, int64
 #pragma omp simd
   for (int64_t i = i0; i < i1; ++i) {
     A w = A(1);
-    if constexpr (HAS_MASK) w = A(1) + lam1 * clamp01(load<A>(m, i));
+    if constexpr (HAS_MASK) w = A(1) + lam1 * mask01<A>(m, i);
     store<A>(out, i - out_off, scale * w * (load<A>(p, i) - load<A>(t, i)));
   }
 }

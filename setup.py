@@ -6,8 +6,9 @@ kernels in `csrc/` (built with pybind11 as `ipa._C`, without torch headers so th
 depend on the torch ABI).
 
 Set IPA_BUILD_NATIVE=1 to compile the CPU kernels for this machine's instruction set (the
-Makefile does, since it builds where it runs); the default is a portable x86-64 build whose hot
-loops are cloned for AVX2 and AVX-512 and picked at load time.
+Makefile does, since it builds where it runs); the default is a portable x86-64 build. Either way
+the kernels are also compiled for AVX2 and AVX-512 (csrc/halo_kernels.inc, once per variant) and
+the best variant the CPU runs is picked when `ipa._C` loads (`ipa._C.isa()` says which).
 """
 
 import os
@@ -16,9 +17,9 @@ import platform
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
-extra_compile_args = ["-O3", "-fopenmp", "-fno-math-errno"]
+extra_compile_args = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 if os.environ.get("IPA_BUILD_NATIVE") == "1":
-    extra_compile_args += ["-march=native", "-mprefer-vector-width=512"]
+    extra_compile_args += ["-march=native", "-mprefer-vector-width=512", "-DIPA_NATIVE"]
 
 ext_modules = [
     Pybind11Extension(
@@ -27,6 +28,7 @@ ext_modules = [
         cxx_std=17,
         extra_compile_args=extra_compile_args,
         extra_link_args=["-fopenmp"],
+        depends=sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".inc")),
     )
 ]
 

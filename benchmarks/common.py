@@ -42,7 +42,11 @@ def versions():
     except ImportError:
         out["triton"] = "none"
     import ipa
+    from ipa.ops import _backends
+
     out["ipa"] = ipa.__version__
+    cpp = _backends._load("cpp")
+    out["cpu_kernels"] = cpp.isa() if cpp is not None else "none"  # ipa._C's instruction-set variant
     return out
 
 

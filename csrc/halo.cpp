@@ -24,6 +24,9 @@
 // Accumulation is fp32 for fp16/bf16/fp32 inputs (fp64 for fp64 inputs), in chunks of kChunk
 // elements folded into a double, then planes are summed per sample in a fixed order, so results
 // are deterministic whatever the thread count.
+//
+// Files. This one: dtype dispatch, the loss head, instruction-set variants and the Python
+// bindings. halo_kernels.inc: the element loops, compiled once per variant (see "The variants").
 
 #include <pybind11/pybind11.h>
 
@@ -52,34 +55,6 @@ constexpr int64_t kChunk = 2048;
 using bf16 = uint16_t;
 using f16 = _Float16;
 
-// Loads convert to the accumulation type; stores round from it (round-to-nearest-even for bf16,
-// NaN kept quiet, matching torch's conversion).
-template <typename A> inline A load(const float* p, int64_t i) { return A(p[i]); }
-template <typename A> inline A load(const double* p, int64_t i) { return A(p[i]); }
-template <typename A> inline A load(const f16* p, int64_t i) { return A(float(p[i])); }
-template <typename A> inline A load(const uint8_t* p, int64_t i) { return A(p[i]); }
-template <typename A> inline A load(const bf16* p, int64_t i) {
-  return A(__builtin_bit_cast(float, uint32_t(p[i]) << 16));
-}
-
-template <typename A> inline void store(float* p, int64_t i, A v) { p[i] = float(v); }
-template <typename A> inline void store(double* p, int64_t i, A v) { p[i] = double(v); }
-template <typename A> inline void store(f16* p, int64_t i, A v) { p[i] = f16(float(v)); }
-template <typename A> inline void store(bf16* p, int64_t i, A v) {
-  const uint32_t u = __builtin_bit_cast(uint32_t, float(v));
-  const uint32_t nan = (u >> 16) | 0x40u;
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  p[i] = bf16(((u & 0x7fffffffu) > 0x7f800000u) ? nan : rounded);
-}
-
-template <typename A> inline A clamp01(A v) { return v < A(0) ? A(0) : (v > A(1) ? A(1) : v); }
-
-// clamp(mask, 0, 1) in A. For a uint8 (or bool) mask that is "nonzero", written as a compare:
-// GCC turns clamp01 of a converted byte into a branch and then vectorizes nothing (measured:
-// 4-5x slower kernels with a bool mask than with a bf16 one, benchmarks/NOTES.md).
-template <typename A, typename M> inline A mask01(const M* m, int64_t i) { return clamp01(load<A>(m, i)); }
-template <typename A> inline A mask01(const uint8_t* m, int64_t i) { return A(int32_t(m[i] != 0)); }
-
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 
@@ -87,142 +62,113 @@ struct Sizes {
   int64_t B, C, F, HW, skip;
 };
 
-// Sum over one plane of w * (p - t)^2 (and of w * (r - t)^2 when HAS_REF).
-template <bool HAS_REF, bool HAS_MASK, typename T, typename M, typename A = typename AccOf<T>::type>
-inline void plane_sums(const T* p, const T* r, const T* t, const M* m, A lam1, int64_t n,
-                       double* out_p, double* out_r) {
-  double total_p = 0.0, total_r = 0.0;
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t i1 = (i0 + kChunk < n) ? i0 + kChunk : n;
-    A sp = 0, sr = 0;
-#pragma omp simd reduction(+ : sp, sr)
-    for (int64_t i = i0; i < i1; ++i) {
-      const A tv = load<A>(t, i);
-      A w = A(1);
-      if constexpr (HAS_MASK) w = A(1) + lam1 * mask01<A>(m, i);
-      const A dp = load<A>(p, i) - tv;
-      sp += w * dp * dp;
-      if constexpr (HAS_REF) {
-        const A dr = load<A>(r, i) - tv;
-        sr += w * dr * dr;
-      }
+// Turn (dtype code, mask dtype code) into concrete pointer types and call `fn`.
+template <typename Fn>
+void dispatch(int dtype, int mask_dtype, Fn&& fn) {
+  auto with_mask = [&](auto tag) {
+    using T = decltype(tag);
+    switch (mask_dtype) {
+      case kFloat32: return fn(T{}, float{});
+      case kFloat16: return fn(T{}, f16{});
+      case kBFloat16: return fn(T{}, bf16{});
+      case kFloat64: return fn(T{}, double{});
+      case kUInt8: return fn(T{}, uint8_t{});
+      default: throw std::invalid_argument("ipa._C: unsupported mask dtype code " + std::to_string(mask_dtype));
     }
-    total_p += double(sp);
-    total_r += double(sr);
-  }
-  *out_p = total_p;
-  if (HAS_REF) *out_r = total_r;
-}
-
-template <typename T, typename M>
-void forward_impl(const T* pred, const T* ref, const T* target, const M* mask, double* out_pred,
-                  double* out_ref, Sizes s, double hand_weight, int threads) {
-  using A = typename AccOf<T>::type;
-  const int64_t planes = s.B * s.C * s.F;
-  const int64_t mask_frames = s.F - s.skip;
-  const A lam1 = A(hand_weight - 1.0);
-  std::vector<double> part_pred(planes), part_ref(ref ? planes : 0);
-
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t pl = 0; pl < planes; ++pl) {
-    const int64_t b = pl / (s.C * s.F);
-    const int64_t f = pl % s.F;
-    const int64_t off = pl * s.HW;
-    const M* m = (mask && f >= s.skip) ? mask + (b * mask_frames + (f - s.skip)) * s.HW : nullptr;
-    const T* r = ref ? ref + off : nullptr;
-    double* pr = ref ? &part_ref[pl] : nullptr;
-    if (m && r) plane_sums<true, true>(pred + off, r, target + off, m, lam1, s.HW, &part_pred[pl], pr);
-    else if (m) plane_sums<false, true>(pred + off, r, target + off, m, lam1, s.HW, &part_pred[pl], pr);
-    else if (r) plane_sums<true, false>(pred + off, r, target + off, m, lam1, s.HW, &part_pred[pl], pr);
-    else plane_sums<false, false>(pred + off, r, target + off, m, lam1, s.HW, &part_pred[pl], pr);
-  }
-
-  const int64_t per_sample = s.C * s.F;
-  const double inv_n = 1.0 / double(per_sample * s.HW);
-  for (int64_t b = 0; b < s.B; ++b) {
-    double sp = 0.0, sr = 0.0;
-    for (int64_t k = 0; k < per_sample; ++k) {
-      sp += part_pred[b * per_sample + k];
-      if (ref) sr += part_ref[b * per_sample + k];
-    }
-    out_pred[b] = sp * inv_n;
-    if (ref) out_ref[b] = sr * inv_n;
+  };
+  switch (dtype) {
+    case kFloat32: return with_mask(float{});
+    case kFloat16: return with_mask(f16{});
+    case kBFloat16: return with_mask(bf16{});
+    case kFloat64: return with_mask(double{});
+    default: throw std::invalid_argument("ipa._C: unsupported dtype code " + std::to_string(dtype));
   }
 }
 
-// grad[i] for i in [i0, i1), written to out[i - out_off].
-template <bool HAS_MASK, typename T, typename M, typename A>
-inline void grad_span(const T* p, const T* t, const M* m, A scale, A lam1, int64_t i0, int64_t i1,
-                      T* out, int64_t out_off) {
-#pragma omp simd
-  for (int64_t i = i0; i < i1; ++i) {
-    A w = A(1);
-    if constexpr (HAS_MASK) w = A(1) + lam1 * mask01<A>(m, i);
-    store<A>(out, i - out_off, scale * w * (load<A>(p, i) - load<A>(t, i)));
-  }
-}
+// One instruction-set variant of the kernels (halo_kernels.inc).
+struct Kernels {
+  const char* name;
+  void (*forward)(uintptr_t pred, uintptr_t ref, uintptr_t target, uintptr_t mask, double* out_pred,
+                  double* out_ref, Sizes s, double hand_weight, int dtype, int mask_dtype, int threads);
+  void (*backward)(const double* grad_err, uintptr_t pred, uintptr_t target, uintptr_t mask,
+                   uintptr_t grad, Sizes s, double hand_weight, int dtype, int mask_dtype, int threads);
+};
 
-// Where the gradient goes. The model's backward reads it right after this kernel, so a gradient
-// that fits in the last-level cache is stored normally and read back from there. A larger one
-// would evict everything on its way out anyway: it is streamed past the caches with
-// non-temporal stores, which also skips the read-for-ownership a plain store does on every line.
-// Blocks of kStreamBytes are computed into an aligned scratch buffer (vectorized as above) and
-// written with 16-byte non-temporal stores (SSE2: every x86-64 CPU). kStreamAbove is a server
-// LLC slice (measured, benchmarks/NOTES.md: below it plain stores were 7-20% faster with the
-// gradient read afterwards; at 37 MB streaming was even or ahead).
-constexpr int64_t kStreamAbove = int64_t(32) << 20;
-constexpr int64_t kStreamBytes = 256;
-
-template <bool HAS_MASK, typename T, typename M, typename A = typename AccOf<T>::type>
-inline void plane_grad(const T* p, const T* t, const M* m, A scale, A lam1, int64_t n, T* g,
-                       bool stream) {
-#if defined(__SSE2__)
-  constexpr int64_t block = kStreamBytes / int64_t(sizeof(T));
-  const uintptr_t addr = reinterpret_cast<uintptr_t>(g);
-  if (stream && addr % sizeof(T) == 0 && n >= 2 * block) {
-    const int64_t head = std::min<int64_t>(n, int64_t((16 - addr % 16) % 16) / int64_t(sizeof(T)));
-    grad_span<HAS_MASK>(p, t, m, scale, lam1, 0, head, g, 0);
-    alignas(64) T buf[block];
-    int64_t i = head;
-    for (; i + block <= n; i += block) {
-      grad_span<HAS_MASK>(p, t, m, scale, lam1, i, i + block, buf, i);
-      for (int64_t k = 0; k < kStreamBytes / 16; ++k)
-        _mm_stream_si128(reinterpret_cast<__m128i*>(g + i) + k,
-                         _mm_load_si128(reinterpret_cast<const __m128i*>(buf) + k));
-    }
-    grad_span<HAS_MASK>(p, t, m, scale, lam1, i, n, g, 0);
-    return;
-  }
+// The variants. A portable build (the default `pip install`) targets baseline x86-64 (SSE2),
+// where the bf16 loops vectorize poorly (kernels 3-5x slower than a native build, measured in
+// benchmarks/NOTES.md); so it also compiles the kernels for AVX2 and AVX-512, and the best one
+// the CPU runs is picked when the module loads. A native build (IPA_BUILD_NATIVE=1, `make
+// install`) compiles one variant for this CPU: GCC cannot target less than the command line's
+// -march in a region (its intrinsics are compiled for the global target), so variants there
+// would all be native anyway. tests/ops/test_cpu_isas.py builds the portable extension and
+// checks every variant this CPU runs.
+#if defined(IPA_NATIVE)
+#define IPA_ISA_NAME "native"
+#else
+#define IPA_ISA_NAME "baseline"
 #endif
-  grad_span<HAS_MASK>(p, t, m, scale, lam1, 0, n, g, 0);
+namespace isa_baseline {
+#include "halo_kernels.inc"
+}  // namespace isa_baseline
+#undef IPA_ISA_NAME
+
+#if !defined(IPA_NATIVE) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define IPA_MULTI_ISA 1
+#define IPA_ISA_NAME "avx2"
+namespace isa_avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2,popcnt")
+#include "halo_kernels.inc"
+#pragma GCC pop_options
+}  // namespace isa_avx2
+#undef IPA_ISA_NAME
+#define IPA_ISA_NAME "avx512"
+namespace isa_avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt,prefer-vector-width=512")
+#include "halo_kernels.inc"
+#pragma GCC pop_options
+}  // namespace isa_avx512
+#undef IPA_ISA_NAME
+#endif
+
+// Variants this CPU can run, best first.
+std::vector<const Kernels*> runnable_kernels() {
+  std::vector<const Kernels*> out;
+#if defined(IPA_MULTI_ISA)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi") &&
+                    __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (avx512) out.push_back(&isa_avx512::kKernels);
+  if (avx2) out.push_back(&isa_avx2::kKernels);
+#endif
+  out.push_back(&isa_baseline::kKernels);
+  return out;
 }
 
-template <typename T, typename M>
-void backward_impl(const double* grad_err, const T* pred, const T* target, const M* mask,
-                   T* grad_pred, Sizes s, double hand_weight, int threads) {
-  using A = typename AccOf<T>::type;
-  const int64_t planes = s.B * s.C * s.F;
-  const int64_t mask_frames = s.F - s.skip;
-  const A lam1 = A(hand_weight - 1.0);
-  const double two_over_n = 2.0 / double(s.C * s.F * s.HW);
-  const bool stream = planes * s.HW * int64_t(sizeof(T)) > kStreamAbove;
+const Kernels* g_kernels = nullptr;  // set when the module loads, then only by set_isa
 
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t pl = 0; pl < planes; ++pl) {
-      const int64_t b = pl / (s.C * s.F);
-      const int64_t f = pl % s.F;
-      const int64_t off = pl * s.HW;
-      const A scale = A(grad_err[b] * two_over_n);
-      const M* m = (mask && f >= s.skip) ? mask + (b * mask_frames + (f - s.skip)) * s.HW : nullptr;
-      if (m) plane_grad<true>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off, stream);
-      else plane_grad<false>(pred + off, target + off, m, scale, lam1, s.HW, grad_pred + off, stream);
+const Kernels& active_kernels() { return *g_kernels; }
+
+py::list isas() {
+  py::list names;
+  for (const Kernels* k : runnable_kernels()) names.append(k->name);
+  return names;
+}
+
+void set_isa(const std::string& name) {
+  std::string known;
+  for (const Kernels* k : runnable_kernels()) {
+    if (name == k->name) {
+      g_kernels = k;
+      return;
     }
-#if defined(__SSE2__)
-    if (stream) _mm_sfence();  // each thread: order its streamed stores before the closing barrier
-#endif
+    known += (known.empty() ? "" : ", ") + std::string(k->name);
   }
+  throw std::invalid_argument("ipa._C.set_isa: '" + name + "' is not a kernel variant this CPU runs; choose from: " + known);
 }
 
 // The loss head, in double, on err[b] (and err_ref[b], t[b] for IPA); outputs in O (the
@@ -283,29 +229,6 @@ void loss_head(int objective, const double* err, const double* err_ref, const do
   for (int k = 0; k < 5; ++k) out_stats[k] = O(stats[k] * inv_b);
 }
 
-// Turn (dtype code, mask dtype code) into concrete pointer types and call `fn`.
-template <typename Fn>
-void dispatch(int dtype, int mask_dtype, Fn&& fn) {
-  auto with_mask = [&](auto tag) {
-    using T = decltype(tag);
-    switch (mask_dtype) {
-      case kFloat32: return fn(T{}, float{});
-      case kFloat16: return fn(T{}, f16{});
-      case kBFloat16: return fn(T{}, bf16{});
-      case kFloat64: return fn(T{}, double{});
-      case kUInt8: return fn(T{}, uint8_t{});
-      default: throw std::invalid_argument("ipa._C: unsupported mask dtype code " + std::to_string(mask_dtype));
-    }
-  };
-  switch (dtype) {
-    case kFloat32: return with_mask(float{});
-    case kFloat16: return with_mask(f16{});
-    case kBFloat16: return with_mask(bf16{});
-    case kFloat64: return with_mask(double{});
-    default: throw std::invalid_argument("ipa._C: unsupported dtype code " + std::to_string(dtype));
-  }
-}
-
 void check_sizes(const Sizes& s) {
   if (s.B < 0 || s.C < 0 || s.F < 0 || s.HW < 0 || s.skip < 0 || s.skip > s.F)
     throw std::invalid_argument("ipa._C: invalid sizes");
@@ -316,14 +239,9 @@ void halo_forward(uintptr_t pred, uintptr_t ref, uintptr_t target, uintptr_t mas
                   double hand_weight, int dtype, int mask_dtype, int threads) {
   const Sizes s{B, C, F, HW, skip};
   check_sizes(s);
-  dispatch(dtype, mask ? mask_dtype : kFloat32, [&](auto t, auto m) {
-    using T = decltype(t);
-    using M = decltype(m);
-    forward_impl<T, M>(reinterpret_cast<const T*>(pred), reinterpret_cast<const T*>(ref),
-                       reinterpret_cast<const T*>(target), reinterpret_cast<const M*>(mask),
-                       reinterpret_cast<double*>(out_pred), reinterpret_cast<double*>(out_ref), s,
-                       hand_weight, threads);
-  });
+  active_kernels().forward(pred, ref, target, mask, reinterpret_cast<double*>(out_pred),
+                           reinterpret_cast<double*>(out_ref), s, hand_weight, dtype,
+                           mask ? mask_dtype : kFloat32, threads);
 }
 
 // Errors and loss head in one call. `ref` (0: none) gives err_ref in the same pass; otherwise
@@ -357,19 +275,19 @@ void halo_backward(uintptr_t grad_err, uintptr_t pred, uintptr_t target, uintptr
                    double hand_weight, int dtype, int mask_dtype, int threads) {
   const Sizes s{B, C, F, HW, skip};
   check_sizes(s);
-  dispatch(dtype, mask ? mask_dtype : kFloat32, [&](auto t, auto m) {
-    using T = decltype(t);
-    using M = decltype(m);
-    backward_impl<T, M>(reinterpret_cast<const double*>(grad_err), reinterpret_cast<const T*>(pred),
-                        reinterpret_cast<const T*>(target), reinterpret_cast<const M*>(mask),
-                        reinterpret_cast<T*>(grad_pred), s, hand_weight, threads);
-  });
+  active_kernels().backward(reinterpret_cast<const double*>(grad_err), pred, target, mask, grad_pred, s,
+                            hand_weight, dtype, mask ? mask_dtype : kFloat32, threads);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "ipa CPU kernels (HALO-weighted squared error and loss head, forward and backward).";
+  g_kernels = runnable_kernels().front();
+  m.def("isa", [] { return std::string(active_kernels().name); },
+        "The instruction-set variant of the kernels in use (see isas).");
+  m.def("isas", &isas, "Kernel variants this CPU runs, best first (the first is the default).");
+  m.def("set_isa", &set_isa, py::arg("name"), "Use another kernel variant (one of isas()).");
   m.def("halo_forward", &halo_forward, py::call_guard<py::gil_scoped_release>(),
         "Per-sample HALO errors of pred (and ref) against target, written as float64 [B].",
         py::arg("pred"), py::arg("ref"), py::arg("target"), py::arg("mask"), py::arg("out_pred"),

@@ -15,7 +15,7 @@ install: $(STAMP)
 	@$(PY) -c "import ipa.hands as h; h.resolve_model_path()" 2>/dev/null || $(PY) -m ipa.cli hands model \
 	  || echo "make install: could not build the MediaPipe hand bundle (needs PyPI once); hand-detection tests will skip (and fail on CI)" >&2
 
-$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
+$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/*.inc)
 	@test -x $(PY) || $(MAKE) --no-print-directory venv
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q --upgrade "setuptools>=69" wheel "pybind11>=2.12"

@@ -37,6 +37,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -270,11 +274,30 @@ void halo_loss_forward(uintptr_t pred, uintptr_t ref, uintptr_t target, uintptr_
     throw std::invalid_argument("ipa._C: unsupported output dtype code " + std::to_string(out_dtype));
 }
 
+// The gradient is a fresh allocation, and a large one is fresh memory: glibc maps anything over
+// 32 MB anew each time, and each 4 KB page then faults on its first write (measured: 45 ms of
+// faults for a 148 MB buffer, 9x the cost of writing it). Asking for transparent huge pages on
+// the buffer's 2 MB-aligned interior before the write takes 512x fewer faults where THP is in
+// `madvise` mode (a common default; PyTorch's THP_MEM_ALLOC_ENABLE does the same for all its
+// allocations). Best effort: a kernel without THP ignores it, and so do we.
+constexpr int64_t kHugePagesAbove = int64_t(8) << 20;
+
+void advise_huge_pages(uintptr_t p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1), hi = (p + uintptr_t(bytes)) & ~(kHuge - 1);
+  if (bytes > kHugePagesAbove && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#endif
+}
+
+int64_t dtype_bytes(int dtype) { return dtype == kFloat64 ? 8 : dtype == kFloat32 ? 4 : 2; }
+
 void halo_backward(uintptr_t grad_err, uintptr_t pred, uintptr_t target, uintptr_t mask,
                    uintptr_t grad_pred, int64_t B, int64_t C, int64_t F, int64_t HW, int64_t skip,
                    double hand_weight, int dtype, int mask_dtype, int threads) {
   const Sizes s{B, C, F, HW, skip};
   check_sizes(s);
+  advise_huge_pages(grad_pred, B * C * F * HW * dtype_bytes(dtype));
   active_kernels().backward(reinterpret_cast<const double*>(grad_err), pred, target, mask, grad_pred, s,
                             hand_weight, dtype, mask ? mask_dtype : kFloat32, threads);
 }

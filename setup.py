@@ -6,9 +6,9 @@ kernels in `csrc/` (built with pybind11 as `ipa._C`, without torch headers so th
 depend on the torch ABI).
 
 Set IPA_BUILD_NATIVE=1 to compile the CPU kernels for this machine's instruction set (the
-Makefile does, since it builds where it runs); the default is a portable x86-64 build. Either way
-the kernels are also compiled for AVX2 and AVX-512 (csrc/halo_kernels.inc, once per variant) and
-the best variant the CPU runs is picked when `ipa._C` loads (`ipa._C.isa()` says which).
+Makefile does, since it builds where it runs). The default is a portable x86-64 build that
+compiles the kernels' loops (csrc/halo_kernels.inc) for baseline x86-64, AVX2 and AVX-512 and
+picks the best variant the CPU runs when `ipa._C` loads (`ipa._C.isa()` says which).
 """
 
 import os
@@ -17,6 +17,8 @@ import platform
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
+# -fno-trapping-math: without it GCC keeps the hand mask's clamp as branches below AVX-512 and
+# vectorizes nothing there (benchmarks/NOTES.md, v9); the kernels never rely on FP exceptions.
 extra_compile_args = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 if os.environ.get("IPA_BUILD_NATIVE") == "1":
     extra_compile_args += ["-march=native", "-mprefer-vector-width=512", "-DIPA_NATIVE"]

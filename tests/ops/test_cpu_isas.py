@@ -108,3 +108,8 @@ def test_every_variant_matches_the_reference(use_portable, dtype, mask):
         else:  # one bf16 rounding of each gradient element: half an ulp, 2^-9 relative
             torch.testing.assert_close(err.double(), want_err, rtol=1e-5, atol=0, msg=isa)
             assert ((grad.double() - want_grad).abs() <= want_grad.abs() * 2**-8 + 1e-30).all(), isa
+        if mask == "float":  # a NaN in the mask reaches its sample's error, and only that one
+            m_nan = m.clone()
+            m_nan[0, 1, 2, 3] = float("nan")
+            err_nan = halo_error(pred, target, m_nan, backend="cpp")
+            assert err_nan[0].isnan() and err_nan[1:].isfinite().all(), isa

@@ -22,7 +22,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --f
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu-info.txt"
 
 status=0
-timeout 240 $PY -m pytest tests/ops -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log" || status=1
+# CPU-only checks (the portable C++ build, Triton builds without a GPU) are left to CI.
+timeout 240 $PY -m pytest tests/ops -q -p no:cacheprovider --ignore=tests/ops/test_cpu_isas.py \
+  --ignore=tests/ops/test_triton_compile.py 2>&1 | tee "$OUT/gpu-tests.log" || status=1
 timeout 360 $PY -m benchmarks.ops --out-dir "$RESULTS" 2>&1 | tee "$OUT/gpu-bench-ops.log" || status=1
 if $PY -c "import diffusers" 2>/dev/null && [ -f benchmarks/model.py ]; then
   timeout 180 $PY -m benchmarks.model --gpu-block --out-dir "$RESULTS" 2>&1 | tee "$OUT/gpu-bench-model.log" || status=1

@@ -45,22 +45,20 @@ def test_installed_module_reports_its_variant():
 
 
 @pytest.fixture(scope="module")
-def portable():
+def portable(tmp_path_factory):
     """The portable extension, built into a temporary folder and loaded beside ipa._C."""
     if platform.machine() != "x86_64":
         pytest.skip("the instruction-set variants are x86-64 only")
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if k != "IPA_BUILD_NATIVE"}
-        cmd = [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", f"{tmp}/lib", "--build-temp", f"{tmp}/obj"]
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-3000:]
-        (so,) = Path(tmp, "lib", "ipa").glob("_C*.so")
-        spec = importlib.util.spec_from_file_location("_C", so)  # the name its init function has
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
+    tmp = tmp_path_factory.mktemp("portable-build")
+    env = {k: v for k, v in os.environ.items() if k != "IPA_BUILD_NATIVE"}
+    cmd = [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp / "lib"), "--build-temp", str(tmp / "obj")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (so,) = (tmp / "lib" / "ipa").glob("_C*.so")
+    spec = importlib.util.spec_from_file_location("_C", so)  # the name its init function has
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture

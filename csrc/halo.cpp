@@ -172,7 +172,8 @@ void set_isa(const std::string& name) {
     }
     known += (known.empty() ? "" : ", ") + std::string(k->name);
   }
-  throw std::invalid_argument("ipa._C.set_isa: '" + name + "' is not a kernel variant this CPU runs; choose from: " + known);
+  throw std::invalid_argument("ipa._C.set_isa: '" + name +
+                              "' is not a kernel variant this CPU runs; choose from: " + known);
 }
 
 // The loss head, in double, on err[b] (and err_ref[b], t[b] for IPA); outputs in O (the

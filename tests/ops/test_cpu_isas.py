@@ -51,7 +51,8 @@ def portable(tmp_path_factory):
         pytest.skip("the instruction-set variants are x86-64 only")
     tmp = tmp_path_factory.mktemp("portable-build")
     env = {k: v for k, v in os.environ.items() if k != "IPA_BUILD_NATIVE"}
-    cmd = [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp / "lib"), "--build-temp", str(tmp / "obj")]
+    cmd = [sys.executable, "setup.py", "-q", "build_ext",
+           "--build-lib", str(tmp / "lib"), "--build-temp", str(tmp / "obj")]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (so,) = (tmp / "lib" / "ipa").glob("_C*.so")

@@ -51,6 +51,8 @@ def _(grad_err, pred, target, hand_mask, hand_weight, skip_frames, backend):
 
 def _setup_context(ctx, inputs, output):
     pred, _ref, target, hand_mask, hand_weight, skip_frames, backend = inputs
+    ctx.mark_non_differentiable(output[1])  # the frozen reference's error is a constant
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(pred, target, hand_mask)
     ctx.hand_weight, ctx.skip_frames, ctx.backend = hand_weight, skip_frames, backend
 
@@ -58,6 +60,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_err, _grad_err_ref):
     # The frozen prediction gets no gradient; d err / d target = -(d err / d pred).
     pred, target, hand_mask = ctx.saved_tensors
+    if grad_err is None:  # reached with no gradient for err (gradcheck probes this way)
+        return (None,) * 7
     grad_pred = _halo_error_bwd(grad_err, pred, target, hand_mask, ctx.hand_weight, ctx.skip_frames, ctx.backend)
     grad_target = -grad_pred if ctx.needs_input_grad[2] else None
     return grad_pred, None, grad_target, None, None, None, None

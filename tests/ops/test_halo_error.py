@@ -109,6 +109,8 @@ def test_fused_reference_error_in_same_pass(backend):
     torch.testing.assert_close(err, reference.halo_error(pred, target, m), rtol=1e-5, atol=0)
     torch.testing.assert_close(err_ref, reference.halo_error(ref.detach(), target, m), rtol=1e-5, atol=0)
     assert not err_ref.requires_grad  # the frozen prediction never receives a gradient
+    err, err_ref = halo_errors(pred.requires_grad_(), target, m, ref_pred=ref, backend=backend)
+    assert err.requires_grad and not err_ref.requires_grad  # nor does its error carry one
     assert halo_errors(pred, target, m, backend=backend)[1] is None
 
 

@@ -8,7 +8,8 @@ depend on the torch ABI).
 Set IPA_BUILD_NATIVE=1 to compile the CPU kernels for this machine's instruction set (the
 Makefile does, since it builds where it runs). The default is a portable x86-64 build that
 compiles the kernels' loops (csrc/halo_kernels.inc) for baseline x86-64, AVX2 and AVX-512 and
-picks the best variant the CPU runs when `ipa._C` loads (`ipa._C.isa()` says which).
+picks one when it loads: the best the CPU runs, then `ipa.ops` matches torch's CPU capability
+(`ipa._C.isa()` says which).
 """
 
 import os

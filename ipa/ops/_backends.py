@@ -26,11 +26,26 @@ _import_errors = {}
 _warned = set()
 
 
+# torch's CPU capability (ATEN_CPU_CAPABILITY overrides it) -> ipa._C's variant of the same level.
+_TORCH_CAPABILITY_TO_ISA = {"AVX512": "avx512", "AVX2": "avx2", "DEFAULT": "baseline"}
+
+
+def follow_torch_isa(cpp):
+    """Run a portable `ipa._C` (one with several instruction-set variants) at the level torch's own
+    CPU kernels use, so ATEN_CPU_CAPABILITY=avx2 keeps both off AVX-512. A native build has one
+    variant and keeps it."""
+    want = _TORCH_CAPABILITY_TO_ISA.get(torch.backends.cpu.get_cpu_capability())
+    if want in cpp.isas():
+        cpp.set_isa(want)
+    return cpp.isa()
+
+
 def _load(name):
     if name not in _status:
         try:
             if name == "cpp":
                 from ipa import _C as mod
+                follow_torch_isa(mod)
             else:
                 from ipa.kernels import halo as mod
             _status[name] = mod

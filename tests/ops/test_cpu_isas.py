@@ -38,10 +38,11 @@ def test_installed_module_reports_its_variant():
     cpp = _backends._load("cpp")
     if cpp is None:
         pytest.skip("ipa._C is not built")
-    assert cpp.isa() == cpp.isas()[0]  # the default is the best variant
+    chosen = cpp.isa()
+    assert chosen in cpp.isas() and _backends.follow_torch_isa(cpp) == chosen  # set when loaded
     with pytest.raises(ValueError, match="not a kernel variant this CPU runs; choose from: "):
         cpp.set_isa("sse9")
-    assert cpp.isa() == cpp.isas()[0]  # a refused choice changes nothing
+    assert cpp.isa() == chosen  # a refused choice changes nothing
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,13 @@ def test_every_variant_matches_the_reference(use_portable, dtype, mask):
             m_nan[0, 1, 2, 3] = float("nan")
             err_nan = halo_error(pred, target, m_nan, backend="cpp")
             assert err_nan[0].isnan() and err_nan[1:].isfinite().all(), isa
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("capability,isa", [("AVX2", "avx2"), ("DEFAULT", "baseline"), ("AVX512", "avx512")])
+def test_portable_build_follows_torchs_cpu_capability(use_portable, monkeypatch, capability, isa):
+    """ATEN_CPU_CAPABILITY (torch's choice of its own CPU kernels) picks ours too."""
+    if isa not in use_portable.isas():
+        pytest.skip(f"this CPU does not run the {isa} variant")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert _backends.follow_torch_isa(use_portable) == isa == use_portable.isa()

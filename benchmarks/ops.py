@@ -79,7 +79,7 @@ def floor_bytes(shape, dtype, mask_dtype=None):
     n = math.prod(shape)
     B, C, F, H, W = shape
     mask = B * (F - 1) * H * W * (mask_dtype or dtype).itemsize
-    return 6 * n * torch.finfo(dtype).bits // 8 + 2 * mask
+    return 6 * n * dtype.itemsize + 2 * mask
 
 
 def run(args):
@@ -94,7 +94,7 @@ def run(args):
         for dname in args.dtypes:
             dtype = DTYPES[dname]
             mask_dtype = torch.bool if args.mask == "bool" else dtype
-            set_bytes = 3 * math.prod(shape) * torch.finfo(dtype).bits // 8
+            set_bytes = 3 * math.prod(shape) * dtype.itemsize
             n_sets = max(1, min(args.max_sets, math.ceil(args.rotate_mb * 2**20 / set_bytes)))
             sets = make_sets(shape, dtype, device, n_sets, mask_dtype=mask_dtype)
             copy_gbps = copy_bandwidth(max(set_bytes // 3, 64 * 2**20), device)

@@ -101,11 +101,11 @@ struct Kernels {
 // The variants. A portable build (the default `pip install`) targets baseline x86-64 (SSE2),
 // where the bf16 loops vectorize poorly (kernels 3-5x slower than a native build, measured in
 // benchmarks/NOTES.md); so it also compiles the kernels for AVX2 and AVX-512, and the best one
-// the CPU runs is picked when the module loads (ipa.ops then matches torch's CPU capability). A native build (IPA_BUILD_NATIVE=1, `make
-// install`) compiles one variant for this CPU: GCC cannot target less than the command line's
-// -march in a region (its intrinsics are compiled for the global target), so variants there
-// would all be native anyway. tests/ops/test_cpu_isas.py builds the portable extension and
-// checks every variant this CPU runs.
+// the CPU runs is picked when the module loads (ipa.ops then matches torch's CPU capability).
+// A native build (IPA_BUILD_NATIVE=1, `make install`) compiles one variant for this CPU: GCC
+// cannot target less than the command line's -march in a region (its intrinsics are compiled
+// for the global target), so variants there would all be native anyway.
+// tests/ops/test_cpu_isas.py builds the portable extension and checks every variant this CPU runs.
 #if defined(IPA_NATIVE)
 #define IPA_ISA_NAME "native"
 #else

@@ -152,7 +152,12 @@ def test_precomputed_reference_matches_online_copy(data, tmp_path):
     pre, online = tmp_path / "pre_run", tmp_path / "copy_run"
     assert metric(pre, "reference_error") == pytest.approx(metric(online, "reference_error"), rel=1e-5)
     assert losses(pre) == pytest.approx(losses(online), abs=1e-4)
-    assert metric(pre, "model_error") == metric(online, "model_error")  # same noise, t and policy
+    # Step 1 sees the same policy, noise and t: bit for bit. Its gradient then carries the
+    # reference error's rounding (through the IPA coefficient), so later policies differ at the
+    # last bits (seen on a Xeon: 3.7811298 vs 3.7811296 at step 3).
+    pre_err, online_err = metric(pre, "model_error"), metric(online, "model_error")
+    assert len(pre_err) == len(online_err) == 3 and pre_err[0] == online_err[0]
+    assert pre_err[1:] == pytest.approx(online_err[1:], rel=1e-5)
 
 
 def test_exported_lora_loads_into_a_fresh_transformer_and_changes_it(zero2_adapter):

@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.ipa-installed
 
-.PHONY: install venv test test-fast demo bench clean
+.PHONY: install venv test test-fast demo bench gpu-wheels clean
 
 install: $(STAMP)
 	@sh scripts/ensure_chromium.sh
@@ -44,6 +44,10 @@ demo: install
 
 bench: install
 	$(PY) -m ipa.cli bench ops
+
+# Wheels the lent GPU machine lacks (it reaches no registry), for benchmarks/gpu_suite.sh there.
+gpu-wheels: install
+	bash scripts/gpu_wheels.sh
 
 clean:
 	rm -rf build *.egg-info ipa/_C*.so

@@ -172,7 +172,7 @@ def rows_for(result, info, extra):
     return rows
 
 
-def run_tiny(args, device, info):
+def run_tiny(args, device, info, on_rows):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     backends = args.backends or available_backends(device, dtype)
     rows = []
@@ -182,10 +182,11 @@ def run_tiny(args, device, info):
         extra = {"workload": f"tiny {args.family} B{args.batch_size} F{args.frames} {args.size}x{args.size}",
                  "dtype": args.dtype, "attention": backend, "lora_rank": args.rank, "attn_tflops": ""}
         rows += rows_for(measure(steps, held, device, args), info, extra)
+        on_rows(rows)
     return rows
 
 
-def run_block(args, device, info):
+def run_block(args, device, info, on_rows):
     rows = []
     backends = args.backends or [b for b in available_backends(device, torch.bfloat16)]
     peak = BF16_PEAK_TFLOPS.get(device_slug(device))
@@ -198,6 +199,7 @@ def run_block(args, device, info):
                  "lora_rank": args.rank,
                  "attn_tflops": f"{tflops:.0f}" + (f" ({tflops / peak:.0%} of {peak:.0f})" if peak else "")}
         rows += rows_for(result, info, extra)
+        on_rows(rows)
         del steps
         torch.cuda.empty_cache()
     return rows
@@ -267,10 +269,11 @@ def main(argv=None):
     info.update(diffusers=diffusers.__version__, peft=peft.__version__)
     print(f"# ipa model-step benchmark on {info['device']} (torch {info['torch']}, diffusers "
           f"{info['diffusers']}, {info['threads']} threads)")
-    rows = run_block(args, device, info) if args.gpu_block else run_tiny(args, device, info)
     out = Path(args.out_dir)
     stem = f"model-{device_slug(device)}" + ("-block" if args.gpu_block else "") + ("-quick" if args.quick else "")
-    write_csv(out / f"{stem}.csv", rows)
+    # the CSV is rewritten after each backend: a run cut off by a time limit keeps what it measured
+    save = lambda rows: write_csv(out / f"{stem}.csv", rows)  # noqa: E731
+    rows = (run_block if args.gpu_block else run_tiny)(args, device, info, save)
     plot(rows, out / f"{stem}.png")
     print_table(rows, ["workload", "attention", "mode", "median_ms", "p10_ms", "p90_ms", "x_time_vs_sft",
                        "weights_mb", "peak_step_mb", "total_mb", "x_mem_vs_sft", "attn_tflops"])

@@ -82,7 +82,8 @@ def floor_bytes(shape, dtype, mask_dtype=None):
     return 6 * n * dtype.itemsize + 2 * mask
 
 
-def run(args):
+def run(args, on_rows=lambda rows: None):
+    """Rows of the CSV; `on_rows(rows)` after each configuration, so a run cut off keeps them."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     info = {"device": device_name(device), **versions(), "threads": torch.get_num_threads()}
@@ -125,6 +126,7 @@ def run(args):
                     "x_vs_compile": round(timings["compile"][0] / med, 2) if "compile" in timings else "",
                     "grad_rel_err_vs_eager": f"{err:.1e}",
                 })
+            on_rows(rows)
             del sets, fns
     return rows
 
@@ -177,13 +179,12 @@ def main(argv=None):
     if args.quick:
         args.sizes, args.dtypes, args.budget, args.min_reps = ["480p-b2"], ["bf16"], 1.0, 3
     args.sizes = args.sizes or list(SIZES)
-    rows = run(args)
     from pathlib import Path
 
     out = Path(args.out_dir)
     stem = (f"ops-{device_slug(torch.device(args.device))}" + ("-boolmask" if args.mask == "bool" else "")
             + ("-quick" if args.quick else ""))
-    write_csv(out / f"{stem}.csv", rows)
+    rows = run(args, on_rows=lambda rows: write_csv(out / f"{stem}.csv", rows))
     plot(rows, out / f"{stem}.png")
     print_table(rows, ["size", "dtype", "impl", "median_ms", "p10_ms", "p90_ms", "gbps", "frac_copy",
                        "peak_extra_mb", "x_vs_eager", "x_vs_compile", "grad_rel_err_vs_eager"])

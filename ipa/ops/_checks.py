@@ -19,6 +19,8 @@ def check_prediction(name, x):
         _fail(f"{name} must be floating point (float16, bfloat16, float32 or float64), got {x.dtype}")
     if x.dim() != 5:
         _fail(f"{name} must be a latent tensor [B, C, F, H, W], got shape {tuple(x.shape)}")
+    if 0 in x.shape:  # an empty batch or grid has no mean error: say so, not a NaN or a head error
+        _fail(f"{name} must be non-empty in every dimension of [B, C, F, H, W], got shape {tuple(x.shape)}")
 
 
 def check_like(name, x, ref_name, ref):

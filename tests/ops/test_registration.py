@@ -124,6 +124,8 @@ def _bad_input_cases():
         (dict(ref_pred=None, ref_error=torch.rand(B + 1)), r"ref_error must have shape \(B,\)"),
         (dict(model_pred=pred.long(), target=target.long()), "model_pred must be floating point"),
         (dict(model_pred=pred[0]), r"model_pred must be a latent tensor \[B, C, F, H, W\]"),
+        (dict(model_pred=pred[:0], target=target[:0], timesteps=t[:0], hand_mask=m[:0]),
+         r"model_pred must be non-empty in every dimension .*got shape \(0, "),
         (dict(target=target.to("meta")), "target is on meta but model_pred is on cpu"),
         (dict(hand_mask=m.to("meta")), "hand_mask is on meta but model_pred is on cpu"),
         (dict(beta=0.0), "beta must be a number > 0"),

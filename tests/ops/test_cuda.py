@@ -85,3 +85,17 @@ def test_int64_offsets_beyond_2_31_elements():
     err.sum().backward()
     tail = (2.0 / n) * (pred[0, -1, -1, -1, -8:].detach().float() - target[0, -1, -1, -1, -8:].float())
     torch.testing.assert_close(pred.grad[0, -1, -1, -1, -8:].float(), tail, rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_gradient_element_is_written_on_gpu(dtype):
+    """The backward writes into uninitialized memory: hand it NaN-poisoned blocks (the caching
+    allocator reuses freed blocks of the same size) so an unwritten element cannot pass."""
+    pred, _, target, m = _cuda(*make_inputs(ODD, dtype=dtype))
+    torch.cuda.synchronize()
+    poison = [torch.full_like(pred, float("nan")) for _ in range(16)]
+    del poison
+    p = pred.clone().requires_grad_()
+    loss, _ = flow_ipa_loss(p, target, torch.rand(ODD[0], device="cuda"), m, ref_pred=target + 0.1)
+    loss.backward()
+    assert p.grad.dtype == dtype and bool(torch.isfinite(p.grad).all())

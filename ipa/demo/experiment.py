@@ -101,7 +101,12 @@ def load_base(path=BASE):
 
 # ----------------------------------------------------------------------------- 1-3: data
 
-def self_generate_and_curate(out: Path, plan: Plan, base=BASE, log=print) -> dict:
+def say(msg: str) -> None:
+    """The demo's log line: flushed, so `make demo | tee` shows it as it happens."""
+    print(msg, flush=True)
+
+
+def self_generate_and_curate(out: Path, plan: Plan, base=BASE, log=say) -> dict:
     """Steps 1-3; returns the selection record (also written to OUT/selection.json)."""
     from ipa.data import ShardWriter
 
@@ -112,7 +117,8 @@ def self_generate_and_curate(out: Path, plan: Plan, base=BASE, log=print) -> dic
 
     t0 = time.time()
     lat = metrics.sample_videos(model, [conds[s] for s, _ in keys],
-                                [candidate_seed(0, f"c{s}", k) for s, k in keys], steps=plan.sample_steps)
+                                [candidate_seed(0, f"c{s}", k) for s, k in keys], steps=plan.sample_steps,
+                                desc="self-generating candidates")
     log(f"generated {len(keys)} candidates in {time.time() - t0:.0f} s")
     err = {(s, k): metrics.hand_error(z, conds[s]) for (s, k), z in zip(keys, lat)}
     best = {s: min(range(plan.candidates), key=lambda k: err[s, k]) for s in conds}
@@ -148,7 +154,7 @@ def train_config(out: Path, plan: Plan, recipe: Recipe, seed: int, run_dir: Path
     }
 
 
-def train_one(out: Path, plan: Plan, key: str, recipe: Recipe, seed: int, base=BASE, log=print) -> Path:
+def train_one(out: Path, plan: Plan, key: str, recipe: Recipe, seed: int, base=BASE, log=say) -> Path:
     """Run `ipa train --nproc N` for one recipe and seed; returns its exported LoRA folder."""
     run_dir = out / "runs" / f"{key}-s{seed}"
     lora = run_dir / "lora"
@@ -197,7 +203,7 @@ def evaluate_lora(lora: Path, conds, plan: Plan, base=BASE):
 
 # ----------------------------------------------------------------------------- driver
 
-def run(out, plan: Plan = FULL, base=BASE, log=print) -> dict:
+def run(out, plan: Plan = FULL, base=BASE, log=say) -> dict:
     """The whole experiment into `out`; returns (and writes) OUT/results.json."""
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out = Path(out)
@@ -216,15 +222,20 @@ def run(out, plan: Plan = FULL, base=BASE, log=print) -> dict:
         f"(hand MSE: all {selection['hand_mse_all_mean']:.0f}, curated {selection['hand_mse_curated_mean']:.0f})")
 
     t0 = time.time()
-    loras = {(k, s): train_one(out, plan, k, r, s, base, log) for k, r, s in runs_of(plan)}
+    runs = runs_of(plan)
+    log(f"training {len(runs)} LoRA runs with `ipa train --nproc {plan.nproc}` (logs: {out / 'logs'})")
+    loras = {(k, s): train_one(out, plan, k, r, s, base, log) for k, r, s in runs}
     timings["train_s"] = time.time() - t0
 
     t0 = time.time()
+    from tqdm.auto import tqdm
+
     conds = eval_conditions(plan)
     scores, samples = {}, {}
-    scores["base", 0], samples["base", 0] = evaluate_model(load_base(base), conds, plan)
-    for (k, s), lora in loras.items():
-        scores[k, s], samples[k, s] = evaluate_lora(lora, conds, plan, base)
+    models = [(("base", 0), None), *loras.items()]
+    for (k, s), lora in tqdm(models, desc=f"evaluating on {len(conds)} held-out conditions", unit="model"):
+        scores[k, s], samples[k, s] = (evaluate_model(load_base(base), conds, plan) if lora is None
+                                       else evaluate_lora(lora, conds, plan, base))
     timings["eval_s"] = time.time() - t0
     timings["total_s"] = time.time() - t_all
 

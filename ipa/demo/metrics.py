@@ -20,15 +20,20 @@ SAMPLE_STEPS = 10  # Euler steps (shift 3); the demo model is small and smooth e
 
 
 def sample_videos(model, conds: list[dict], seeds: list[int], *, steps: int = SAMPLE_STEPS,
-                  batch: int = 8) -> list[torch.Tensor]:
-    """Latents [48, F, 32, 32] sampled by `ipa.generate.sample` (Euler flow matching), one per condition."""
+                  batch: int = 8, desc: str | None = None) -> list[torch.Tensor]:
+    """Latents [48, F, 32, 32] sampled by `ipa.generate.sample` (Euler flow matching), one per
+    condition; with `desc`, a progress bar of that name (on stderr)."""
+    from tqdm.auto import tqdm
+
     from ipa.generate import sample
 
     out = []
-    for i in range(0, len(conds), batch):
-        chunk = conds[i:i + batch]
-        cond = {k: torch.stack([c[k] for c in chunk]) for k in ("x0", "control", "text_emb")}
-        out += list(sample(model, cond, seeds[i:i + batch], steps=steps).cpu())
+    with tqdm(total=len(conds), desc=desc, unit="video", disable=desc is None) as bar:
+        for i in range(0, len(conds), batch):
+            chunk = conds[i:i + batch]
+            cond = {k: torch.stack([c[k] for c in chunk]) for k in ("x0", "control", "text_emb")}
+            out += list(sample(model, cond, seeds[i:i + batch], steps=steps).cpu())
+            bar.update(len(chunk))
     return out
 
 

@@ -5,7 +5,7 @@ Our names and what runs (diffusers ``AttentionBackendName`` in brackets):
     flash           flash-attn 2 kernels ("flash"); needs the ``flash-attn`` package (optional
                     extra ``ipa[flash]``), CUDA and fp16/bf16
     sdpa-flash      PyTorch SDPA forced to its FlashAttention-2 kernel ("_native_flash"); CUDA, fp16/bf16
-    sdpa-cudnn      PyTorch SDPA forced to cuDNN attention ("_native_cudnn"); CUDA
+    sdpa-cudnn      PyTorch SDPA forced to cuDNN attention ("_native_cudnn"); CUDA, fp16/bf16
     sdpa-efficient  PyTorch SDPA forced to the memory-efficient kernel ("_native_efficient"); CUDA
     native          plain ``F.scaled_dot_product_attention``, PyTorch picks the kernel ("native");
                     runs everywhere
@@ -28,6 +28,7 @@ DIFFUSERS_NAMES = {
 }
 BACKENDS = ("auto",) + tuple(DIFFUSERS_NAMES)
 HALF = (torch.float16, torch.bfloat16)
+HALF_ONLY = ("flash", "sdpa-flash", "sdpa-cudnn")  # diffusers' constraints: fp16/bf16 q, k, v
 
 
 def flash_attn_installed():
@@ -44,7 +45,7 @@ def _why_not(name, device, dtype):
         return f"needs a CUDA device (device is {device.type})"
     if name == "flash" and not flash_attn_installed():
         return "needs the flash-attn package (pip install 'ipa[flash]')"
-    if name in ("flash", "sdpa-flash") and dtype not in HALF:
+    if name in HALF_ONLY and dtype not in HALF:
         return f"needs fp16 or bf16 (dtype is {dtype})"
     if name == "sdpa-cudnn" and not torch.backends.cudnn.is_available():
         return "needs cuDNN"

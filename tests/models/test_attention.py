@@ -45,6 +45,37 @@ def test_sdpa_kernels_on_cpu_are_refused_listing_alternatives(name):
         resolve_backend(name, "cpu", torch.bfloat16)
 
 
+def test_half_only_kernels_refuse_fp32_on_cuda(monkeypatch):
+    import ipa.models.attention as attn
+
+    monkeypatch.setattr(attn, "flash_attn_installed", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    for name in ("flash", "sdpa-flash", "sdpa-cudnn"):
+        with pytest.raises(ValueError, match=r"needs fp16 or bf16 \(dtype is torch.float32\).*sdpa-efficient"):
+            resolve_backend(name, "cuda", torch.float32)
+        assert resolve_backend(name, "cuda", torch.bfloat16) == name
+    assert available_backends("cuda", torch.float32) == ["sdpa-efficient", "native"]
+
+
+def test_dtype_rules_match_diffusers_constraints():
+    """Our fp16/bf16-only list against the constraints diffusers registers for each backend (a
+    private registry: if diffusers reshapes it, this test says so rather than drifting silently)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    from ipa.models.attention import HALF_ONLY
+
+    q = torch.zeros(1, 4, 2, 8)  # [B, S, heads, head_dim], fp32
+    for name, diffusers_name in DIFFUSERS_NAMES.items():
+        checks = _AttentionBackendRegistry._constraints[AttentionBackendName(diffusers_name)]
+        try:
+            for check in checks:
+                check(query=q, key=q, value=q, attn_mask=None)
+            fp32_ok = True
+        except ValueError:
+            fp32_ok = False
+        assert fp32_ok == (name not in HALF_ONLY), (name, [c.__name__ for c in checks])
+
+
 def test_unknown_backend_names_the_argument():
     with pytest.raises(ValueError, match="attention_backend must be one of"):
         resolve_backend("xformers")

@@ -44,6 +44,8 @@ def _dist():
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():  # before NCCL's first collective: one GPU per rank, not all on cuda:0
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
 

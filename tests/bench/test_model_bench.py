@@ -3,18 +3,20 @@ spent finding a bug in it. The benchmark's numbers are not checked here (no time
 
 import argparse
 
+import pytest
 import torch
 
 from benchmarks.model import MODES, attention_tflops, block_steps, measure, rows_for
 
 
-def test_block_steps_run_every_mode():
-    steps, held, S = block_steps(torch.device("cpu"), tokens_fhw=(2, 2, 3), text_len=4, rank=2, dim=32,
-                                 heads=2, ffn=64)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_block_steps_run_every_mode(device):
+    device = torch.device(device)
+    steps, held, S = block_steps(device, tokens_fhw=(2, 2, 3), text_len=4, rank=2, dim=32, heads=2, ffn=64)
     assert S == 2 * 2 * 3 and set(steps) == set(MODES)
     assert held["ipa-copy"] > held["sft"] == held["ipa-adapter"] == held["ipa-precomputed"]
     args = argparse.Namespace(min_reps=1, budget=0.0)
-    rows = rows_for(measure(steps, held, torch.device("cpu"), args), {"device": "cpu"}, {})
+    rows = rows_for(measure(steps, held, device, args), {"device": device.type}, {})
     assert [r["mode"] for r in rows] == list(MODES)
     assert rows[0]["x_time_vs_sft"] == 1.0 and all(r["median_ms"] > 0 for r in rows)
 

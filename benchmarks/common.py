@@ -107,6 +107,38 @@ def time_side_by_side(fns, device, *, min_reps=5, max_reps=50, budget_s=2.0, war
     return {k: _summary(v) for k, v in times.items()}
 
 
+def graph_replayer(fns, warmup=2):
+    """One CUDA graph per zero-argument function (each closing over its own inputs), replayed in
+    turn: what a call costs the GPU once the CPU runs ahead of it, as in a training step where the
+    model's kernels queue behind it. METHOD.md's advice for many small launches; the host's
+    dispatch (Python, autograd, launches) is timed separately, per call.
+
+    Warm-up runs on a side stream first (compilation, autotuning and the allocator's first
+    allocations stay out of the capture), then each function is captured once into a shared
+    memory pool; replaying in capture order keeps that sharing safe."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
+    torch.cuda.current_stream().wait_stream(side)
+    pool = torch.cuda.graph_pool_handle()
+    graphs = []
+    for fn in fns:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=pool):
+            fn()
+        graphs.append(g)
+    state = {"i": 0}
+
+    def replay():
+        graphs[state["i"] % len(graphs)].replay()
+        state["i"] += 1
+
+    return replay
+
+
 def peak_extra_bytes(fn, device):
     """Peak bytes allocated by one call of `fn()` beyond what was live before it.
 

@@ -3,8 +3,11 @@
     python -m benchmarks.ops [--quick] [--sizes 480p-b2 720p-b8] [--dtypes bf16 fp32]
     ipa bench ops [...]
 
-Implementations are timed interleaved, call by call (fair on a shared machine). Each
-configuration times one training-step's worth of loss work: the per-sample HALO errors of
+Implementations are timed interleaved, in short blocks (fair on a shared machine). On CUDA the
+timed unit is the replay of a CUDA graph of the step, i.e. the GPU's time once the host runs ahead
+of it, as it does in a training step (the transformer's kernels queue behind the loss); the
+host-inclusive time of one call is reported beside it (`call_ms`). On CPU a call is the unit.
+Each configuration times one training-step's worth of loss work: the per-sample HALO errors of
 the policy and the frozen reference, the IPA head, and the gradient of the loss w.r.t. the policy
 prediction. Three implementations of the same function:
   fused   ipa.ops.flow_ipa_loss (C++ kernels on CPU, Triton on CUDA)
@@ -23,7 +26,7 @@ import torch
 
 from ipa.ops import flow_ipa_loss, reference
 
-from .common import (RESULTS, copy_bandwidth, device_name, device_slug, peak_extra_bytes,
+from .common import (RESULTS, copy_bandwidth, device_name, device_slug, graph_replayer, peak_extra_bytes,
                      print_table, time_side_by_side, versions, write_csv)
 
 SIZES = {  # name: (B, C, F, H, W) latents; Wan VAE: 8x space, 4x time (81 frames -> 21)
@@ -75,6 +78,17 @@ def step_fn(loss_fn, sets):
     return step
 
 
+def graphed_steps(fns, sets, impls):
+    """{impl: replay()} over one CUDA graph per input set, or None, with the reason printed, when
+    an implementation cannot be captured: then all of them are timed per call, alike."""
+    try:
+        return {impl: graph_replayer([step_fn(fns[impl], [s]) for s in sets]) for impl in impls}
+    except Exception as e:  # e.g. a host sync inside a step
+        print(f"# CUDA graph capture failed ({type(e).__name__}: {e}); timing per call instead")
+        torch.cuda.synchronize()
+        return None
+
+
 def floor_bytes(shape, dtype, mask_dtype=None):
     n = math.prod(shape)
     B, C, F, H, W = shape
@@ -110,18 +124,23 @@ def run(args, on_rows=lambda rows: None):
             for impl in args.impls:
                 grads[impl] = step_fn(fns[impl], sets[:1])().float()  # also compiles
                 steps[impl] = step_fn(fns[impl], sets)
-            timings = time_side_by_side(steps, device, min_reps=args.min_reps, budget_s=args.budget)
+            timing = dict(min_reps=args.min_reps, budget_s=args.budget)
+            calls = time_side_by_side(steps, device, **timing)
+            timings, unit = calls, "call"
+            replays = graphed_steps(fns, sets, args.impls) if device.type == "cuda" and args.graphs else None
+            if replays is not None:
+                timings, unit = time_side_by_side(replays, device, **timing), "cuda graph"
+            peaks = {impl: peak_extra_bytes(step_fn(fns[impl], sets[:1]), device) for impl in args.impls}
             for impl in args.impls:
-                timings[impl] += (peak_extra_bytes(step_fn(fns[impl], sets[:1]), device),)
-            for impl in args.impls:
-                med, p10, p90, reps, peak = timings[impl]
+                (med, p10, p90, reps), peak = timings[impl], peaks[impl]
                 err = ((grads[impl] - grads["eager"]).norm() / grads["eager"].norm()).item() \
                     if "eager" in grads else float("nan")
                 gbps = nbytes / (med * 1e-3) / 1e9
                 rows.append({
                     **info, "size": size, "shape": "x".join(map(str, shape)), "dtype": dname,
-                    "mask": args.mask, "impl": impl, "median_ms": round(med, 3), "p10_ms": round(p10, 3),
-                    "p90_ms": round(p90, 3), "reps": reps, "floor_bytes": nbytes,
+                    "mask": args.mask, "impl": impl, "timing": unit, "median_ms": round(med, 3),
+                    "p10_ms": round(p10, 3), "p90_ms": round(p90, 3), "reps": reps,
+                    "call_ms": round(calls[impl][0], 3), "floor_bytes": nbytes,
                     "gbps": round(gbps, 2), "copy_gbps": round(copy_gbps, 2),
                     "frac_copy": round(gbps / copy_gbps, 3), "peak_extra_mb": round(peak / 2**20, 1),
                     "x_vs_eager": round(timings["eager"][0] / med, 2) if "eager" in timings else "",
@@ -129,7 +148,7 @@ def run(args, on_rows=lambda rows: None):
                     "grad_rel_err_vs_eager": f"{err:.1e}",
                 })
             on_rows(rows)
-            del sets, fns
+            del sets, fns, replays
     return rows
 
 
@@ -176,6 +195,8 @@ def main(argv=None):
     p.add_argument("--min-reps", type=int, default=5)
     p.add_argument("--rotate-mb", type=float, default=512, help="rotate input sets totalling this size")
     p.add_argument("--max-sets", type=int, default=8)
+    p.add_argument("--no-graphs", dest="graphs", action="store_false",
+                   help="on CUDA, time calls (host dispatch included) instead of CUDA-graph replays")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     if args.quick:
@@ -188,7 +209,7 @@ def main(argv=None):
             + ("-quick" if args.quick else ""))
     rows = run(args, on_rows=lambda rows: write_csv(out / f"{stem}.csv", rows))
     plot(rows, out / f"{stem}.png")
-    print_table(rows, ["size", "dtype", "impl", "median_ms", "p10_ms", "p90_ms", "gbps", "frac_copy",
+    print_table(rows, ["size", "dtype", "impl", "timing", "median_ms", "p10_ms", "p90_ms", "call_ms", "gbps", "frac_copy",
                        "peak_extra_mb", "x_vs_eager", "x_vs_compile", "grad_rel_err_vs_eager"])
     print(f"wrote {out / (stem + '.csv')} and {out / (stem + '.png')}")
     return 0

@@ -53,6 +53,21 @@ def test_step_zero_is_log2_and_nan_propagates_on_gpu():
     assert torch.isnan(flow_ipa_loss(pred, target, t, m, ref_pred=pred.clone())[0]).item()
 
 
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_opcheck_on_gpu(with_ref):
+    """The registration checks (schema, fake kernel, autograd, AOT dispatch) with the Triton kernels."""
+    pred, ref, target, m = _cuda(*make_inputs((2, 3, 4, 5, 7), mask="bool"))
+    pred.requires_grad_()
+    ref = ref if with_ref else None
+    torch.library.opcheck(torch.ops.ipa.halo_error_fwd.default, (pred, ref, target, m, 10.0, 1, "triton"))
+    grad = torch.rand(2, device="cuda")
+    torch.library.opcheck(torch.ops.ipa.halo_error_bwd.default, (grad, pred.detach(), target, m, 10.0, 1, "triton"))
+    t = torch.rand(2, device="cuda")
+    torch.library.opcheck(torch.ops.ipa.halo_loss_fwd.default,
+                          (pred, ref, target, m, t, None if with_ref else torch.rand(2, device="cuda"), "ipa",
+                           600.0, 10.0, 1, "triton"))
+
+
 def test_losses_compile_fullgraph_on_gpu():
     pred, ref, target, m = _cuda(*make_inputs((2, 16, 5, 30, 52), dtype=torch.bfloat16))
     t = torch.rand(2, device="cuda")

@@ -8,8 +8,9 @@
 # time limit so that the whole run fits one 10-minute device call (install ~1 min, then at most
 # TESTS_S + OPS_S + MODEL_S = 150 + 240 + 150 s):
 #   tests  the CUDA tests (CPU ones are CI's): the Triton ops against the reference, opcheck,
-#          compile; the ops benchmark at a toy size (its CUDA-graph timing); with diffusers there,
-#          also attention backends' agreement and the GPU block's toy run
+#          compile; the ops benchmark at a toy size (its CUDA-graph timing); the training loop's
+#          metrics reduction on NCCL; with diffusers there, also attention backends' agreement
+#          and the GPU block's toy run
 #   ops    ipa bench ops: fused IPA loss vs eager vs torch.compile, all sizes, bf16 and fp32
 #   model  ipa bench model --gpu-block: one Wan-14B block at 32,760 tokens, SDPA backends
 # A phase cut off by its limit keeps the rows it measured: the benchmarks write their CSV row by
@@ -67,7 +68,8 @@ HAVE_DIFFUSERS=$($PY -c "import diffusers" 2>/dev/null && echo 1)
 MODEL_TESTS=${HAVE_DIFFUSERS:+tests/models/test_attention.py tests/bench/test_model_bench.py}
 for p in $PHASES; do
   case $p in
-    tests) phase tests "$TESTS_S" $PY -m pytest -m cuda tests/ops tests/bench/test_ops_bench.py $MODEL_TESTS \
+    tests) phase tests "$TESTS_S" $PY -m pytest -m cuda tests/ops tests/bench/test_ops_bench.py \
+             tests/train/test_loop_devices.py $MODEL_TESTS \
              -q -p no:cacheprovider ;;
     ops)   phase ops "$OPS_S" $PY -m benchmarks.ops --out-dir "$RESULTS" $OPS_ARGS ;;
     model) if [ -n "$HAVE_DIFFUSERS" ]; then

@@ -95,11 +95,12 @@ def step_loss(cfg: TrainConfig, engine, reference, batch, draw: int):
 
 
 def _mean_over_ranks(values: dict) -> dict:
+    """Scalars averaged over ranks. The reduction runs where the values are: NCCL reduces only
+    CUDA tensors (a CPU tensor there raises), gloo only CPU ones."""
     names = sorted(values)
-    t = torch.stack([values[k].detach().float().reshape(()) for k in names]).cpu()
+    t = torch.stack([values[k].detach().float().reshape(()) for k in names])
     dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(names, t.tolist()))
+    return dict(zip(names, (t / dist.get_world_size()).tolist()))
 
 
 def _peak_memory_mb(device) -> float:

@@ -3,6 +3,7 @@
 #
 #   make gpu-wheels                                   # here: wheels the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_suite.sh [tests] [ops] [model]   # there, carrying .whl; default: all three
+#   bash benchmarks/gpu_suite.sh train                # a second call, when device time is left
 #
 # Installs the package offline (carried wheels first), then runs three phases, each under its own
 # time limit so that the whole run fits one 10-minute device call (install ~1 min, then at most
@@ -13,6 +14,8 @@
 #          and the GPU block's toy run
 #   ops    ipa bench ops: fused IPA loss vs eager vs torch.compile, all sizes, bf16 and fp32
 #   model  ipa bench model --gpu-block: one Wan-14B block at 32,760 tokens, SDPA backends
+#   train  (not in the default run) `ipa train` on the GPU: NCCL, bf16, ZeRO-2 adapter and ZeRO-3
+#          copy reference, 3 steps each with checkpoints (needs the DeepSpeed wheels in .whl)
 # A phase cut off by its limit keeps the rows it measured: the benchmarks write their CSV row by
 # row. Results land in benchmarks/results/ (ops-<gpu>.csv/.png, model-<gpu>-block.csv/.png) and,
 # with the suite's log, in $OUT when set (the device tool brings back at most 8 files).
@@ -23,13 +26,13 @@ RESULTS=benchmarks/results
 OUT=${OUT:-}
 LOG=${OUT:-/tmp}/gpu-suite.log
 PHASES=${*:-tests ops model}
-TESTS_S=${TESTS_S:-150} OPS_S=${OPS_S:-240} MODEL_S=${MODEL_S:-150}
+TESTS_S=${TESTS_S:-150} OPS_S=${OPS_S:-240} MODEL_S=${MODEL_S:-150} TRAIN_S=${TRAIN_S:-240}
 # GPU timings are steady: short budgets. The key sizes first (the largest for the
 # bandwidth target, 480p-b2 for the CPU comparison), so a cut-off run still has them.
 OPS_ARGS=${OPS_ARGS:---budget 1 --sizes 720p-b8 480p-b2 720p-b2 480p-b1}
 MODEL_ARGS=${MODEL_ARGS:---budget 1.5 --min-reps 5}
 for p in $PHASES; do
-  case $p in tests|ops|model) ;; *) echo "gpu_suite.sh: unknown phase '$p' (phases: tests ops model)"; exit 2 ;; esac
+  case $p in tests|ops|model|train) ;; *) echo "gpu_suite.sh: unknown phase '$p' (phases: tests ops model train)"; exit 2 ;; esac
 done
 export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS" ${OUT:+"$OUT"}
@@ -76,6 +79,11 @@ for p in $PHASES; do
              phase model "$MODEL_S" $PY -m benchmarks.model --gpu-block --out-dir "$RESULTS" $MODEL_ARGS
            else
              STATUS[model]="not run: diffusers missing (make gpu-wheels here, carry .whl)"
+           fi ;;
+    train) if $PY -c "import deepspeed" 2>/dev/null; then
+             phase train "$TRAIN_S" $PY -m pytest -m cuda tests/train/test_gpu_train.py -q -p no:cacheprovider
+           else
+             STATUS[train]="not run: deepspeed missing (make gpu-wheels here, carry .whl)"
            fi ;;
   esac
 done

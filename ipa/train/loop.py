@@ -179,7 +179,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.run.resume:
         checkpoint.check_layout(out, layout)
     start = checkpoint.load(engine, out) if cfg.run.resume else 0
-    summary = {"rank": rank, "world_size": world, "start_step": start}
+    summary = {"rank": rank, "world_size": world, "device": str(device), "start_step": start}
     _record_weights(cfg, engine, reference, rank, "start", summary)
 
     sampler.seek(start * accum * micro)

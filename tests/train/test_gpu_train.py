@@ -43,3 +43,17 @@ def test_ipa_training_runs_on_the_gpu(setup, data, tmp_path):
     assert summary["reference_digest_start"] == summary["reference_digest_end"], "the reference must not move"
     assert summary["policy_trainable_digest_start"] != summary["policy_trainable_digest_end"]
     assert (out / "checkpoints" / "latest").read_text().strip() == "step00000003"
+
+
+def test_precomputed_reference_on_the_gpu(data, tmp_path):
+    """`ipa precompute-reference` (its errors gathered over NCCL) and a run that reads them."""
+    store = tmp_path / "ref.safetensors"
+    precomputed = ("reference.mode=precomputed", f"reference.store={store}", "reference.draws=2")
+    ipa("precompute-reference", "--config", TINY, "--nproc", "1", "--output-dir", str(tmp_path / "pre"),
+        f"data.path={data}", *GPU, *precomputed)
+    out = tmp_path / "run"
+    ipa("train", "--config", TINY, "--nproc", "1", "--output-dir", str(out), f"data.path={data}",
+        "run.steps=3", "run.export=false", *GPU, *precomputed)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-3 and all(math.isfinite(r["loss"]) for r in rows)
+    assert json.loads((out / "rank0.json").read_text())["device"] == "cuda:0"

@@ -21,7 +21,8 @@ def test_ops_bench_writes_rows_for_every_implementation(device, tmp_path, monkey
             "--out-dir", str(tmp_path)]
     assert ops.main(argv) == 0
     stem = f"ops-{'cpu' if device == 'cpu' else ops.device_slug(torch.device('cuda'))}"
-    rows = list(csv.DictReader(open(tmp_path / f"{stem}.csv")))
+    with open(tmp_path / f"{stem}.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [(r["dtype"], r["impl"]) for r in rows] == [(d, i) for d in ("bf16", "fp32") for i in impls]
     assert {r["timing"] for r in rows} == {"call" if device == "cpu" else "cuda graph"}
     for r in rows:

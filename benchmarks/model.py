@@ -102,7 +102,8 @@ def block_steps(device, tokens_fhw=(21, 30, 52), text_len=512, rank=128, dim=512
     F, H, W = tokens_fhw
     # The block is bare, so its rotary table is ours to place: diffusers keeps it in a buffer of
     # the embedding module, which a whole model would have moved along with itself.
-    rope = WanRotaryPosEmbed(dim // heads, (1, 2, 2), 1024).to(device)(torch.empty(1, 16, F, 2 * H, 2 * W, device=device))
+    rope_embed = WanRotaryPosEmbed(dim // heads, (1, 2, 2), 1024).to(device)
+    rope = rope_embed(torch.empty(1, 16, F, 2 * H, 2 * W, device=device))
     S = F * H * W
     g = torch.Generator(device).manual_seed(1)
     x = torch.randn(1, S, dim, device=device, dtype=dtype, generator=g)

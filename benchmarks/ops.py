@@ -209,8 +209,8 @@ def main(argv=None):
             + ("-quick" if args.quick else ""))
     rows = run(args, on_rows=lambda rows: write_csv(out / f"{stem}.csv", rows))
     plot(rows, out / f"{stem}.png")
-    print_table(rows, ["size", "dtype", "impl", "timing", "median_ms", "p10_ms", "p90_ms", "call_ms", "gbps", "frac_copy",
-                       "peak_extra_mb", "x_vs_eager", "x_vs_compile", "grad_rel_err_vs_eager"])
+    print_table(rows, ["size", "dtype", "impl", "timing", "median_ms", "p10_ms", "p90_ms", "call_ms", "gbps",
+                       "frac_copy", "peak_extra_mb", "x_vs_eager", "x_vs_compile", "grad_rel_err_vs_eager"])
     print(f"wrote {out / (stem + '.csv')} and {out / (stem + '.png')}")
     return 0
 

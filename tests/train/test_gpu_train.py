@@ -21,8 +21,8 @@ def data(tmp_path_factory):
     return synthesize(tmp_path_factory.mktemp("gpu-train") / "data", n=4, seed=1)
 
 
-# bf16 as the 14B configs run; "native" attention: the tiny config's 12-wide heads are below what
-# the flash kernels take, and the backends themselves are tested in tests/models/test_attention.py.
+# bf16 as the 14B configs run; "native" attention lets PyTorch pick a kernel for the tiny config's
+# 12-wide heads (the forced backends are tested on a 64-wide config in tests/models/test_attention.py).
 GPU = ("model.dtype=bfloat16", "deepspeed.bf16=true", "model.attention_backend=native", "run.verify_weights=true")
 
 

@@ -192,7 +192,7 @@ def run_tiny(args, device, info, on_rows):
 
 def run_block(args, device, info, on_rows):
     rows = []
-    backends = args.backends or [b for b in available_backends(device, torch.bfloat16)]
+    backends = args.backends or available_backends(device, torch.bfloat16)
     peak = BF16_PEAK_TFLOPS.get(device_slug(device))
     steps, held, S = block_steps(device, rank=args.rank)  # built once: the backend is read at call time
     for backend in backends:

@@ -70,7 +70,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "selenium>=4.10"],  # selenium: the review-page browser test
-        "flash": ["flash-attn>=2.6"],
+        "flash": ["flash-attn>=2.6.3"],
         # LPIPS from an `lpips` state dict (needs a torchvision that imports beside torch); a
         # TorchScript LPIPS needs nothing extra
         "eval": ["lpips"],

@@ -2,7 +2,7 @@
 
 Our names and what runs (diffusers ``AttentionBackendName`` in brackets):
 
-    flash           flash-attn 2 kernels ("flash"); needs the ``flash-attn`` package (optional
+    flash           flash-attn 2 kernels ("flash"); needs ``flash-attn`` >= 2.6.3 (optional
                     extra ``ipa[flash]``), CUDA and fp16/bf16
     sdpa-flash      PyTorch SDPA forced to its FlashAttention-2 kernel ("_native_flash"); CUDA, fp16/bf16
     sdpa-cudnn      PyTorch SDPA forced to cuDNN attention ("_native_cudnn"); CUDA, fp16/bf16
@@ -18,6 +18,7 @@ otherwise fail deep inside the first attention call.
 import importlib.util
 
 import torch
+from diffusers.models import attention_dispatch
 
 DIFFUSERS_NAMES = {
     "flash": "flash",
@@ -31,9 +32,13 @@ HALF = (torch.float16, torch.bfloat16)
 HALF_ONLY = ("flash", "sdpa-flash", "sdpa-cudnn")  # diffusers' constraints: fp16/bf16 q, k, v
 
 
-def flash_attn_installed():
-    """True when the flash-attn package is importable (without importing it: that loads CUDA)."""
-    return importlib.util.find_spec("flash_attn") is not None
+def flash_attn_usable():
+    """True when diffusers will run its "flash" backend: flash-attn >= 2.6.3 that imports.
+
+    diffusers decides this once, at import, and refuses "flash" otherwise; a looser check here
+    (the package merely present) would let "auto" pick a backend diffusers then rejects.
+    """
+    return bool(attention_dispatch._CAN_USE_FLASH_ATTN)
 
 
 def _why_not(name, device, dtype):
@@ -43,10 +48,17 @@ def _why_not(name, device, dtype):
         return None
     if not cuda:
         return f"needs a CUDA device (device is {device.type})"
-    if name == "flash" and not flash_attn_installed():
+    if name == "flash" and not flash_attn_usable():
+        if importlib.util.find_spec("flash_attn") is not None:
+            return ("needs flash-attn >= 2.6.3 that diffusers can import; the installed one is "
+                    "older or fails to import (reinstall it for this torch: pip install 'ipa[flash]')")
         return "needs the flash-attn package (pip install 'ipa[flash]')"
     if name in HALF_ONLY and dtype not in HALF:
         return f"needs fp16 or bf16 (dtype is {dtype})"
+    if name in HALF_ONLY and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:  # flash-attn 2 and SDPA's flash/cuDNN kernels start at Ampere
+            return f"needs a GPU of compute capability >= 8.0 (this one is {major}.{minor})"
     if name == "sdpa-cudnn" and not torch.backends.cudnn.is_available():
         return "needs cuDNN"
     return None
@@ -74,14 +86,24 @@ def resolve_backend(name, device="cpu", dtype=torch.float32):
     return name
 
 
-def set_attention_backend(model, name, device=None, dtype=None):
-    """Resolve `name` for the model's device/dtype and install it on every attention module.
+def attention_dtype(model):
+    """The dtype attention computes in: that of the query projections.
 
-    Returns the resolved name, also kept as ``model.ipa_attention_backend``.
+    Not the first parameter's: diffusers keeps a few modules in fp32 (Wan's ``scale_shift_table``
+    comes first), so a bf16 model would look fp32 and lose every half-only backend.
     """
-    p = next(model.parameters())
-    device = torch.device(device) if device is not None else p.device
-    resolved = resolve_backend(name, device, dtype or p.dtype)
+    for name, module in model.named_modules():
+        if name.endswith("to_q") and isinstance(getattr(module, "weight", None), torch.Tensor):
+            return module.weight.dtype
+    return next(model.parameters()).dtype
+
+
+def set_attention_backend(model, name, device=None, dtype=None):
+    """Resolve `name` for the model's device and attention dtype, install it on every attention
+    module, and return the resolved name (also kept as ``model.ipa_attention_backend``).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    resolved = resolve_backend(name, device, dtype or attention_dtype(model))
     import logging
     # diffusers logs an "experimental feature" warning on every call; keep logs readable.
     log = logging.getLogger("diffusers.models.modeling_utils")

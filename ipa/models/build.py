@@ -119,7 +119,7 @@ def build_transformer(family, source, *, dtype, attention_backend="auto", gradie
     else:
         raise ValueError(f"source must be a local folder path, 'tiny' or a config dict, got {type(source).__name__}")
     model = _cast(model.to(device=device), dtype)
-    set_attention_backend(model, attention_backend)
+    set_attention_backend(model, attention_backend, device=device, dtype=dtype)
     if gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.ipa_build = {"family": family, "source": source, "dtype": dtype, "seed": seed,

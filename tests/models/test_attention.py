@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ipa.models import available_backends, build_transformer, forward, resolve_backend, tiny_config
-from ipa.models.attention import DIFFUSERS_NAMES, flash_attn_installed
+from ipa.models.attention import DIFFUSERS_NAMES, attention_dtype, flash_attn_usable, set_attention_backend
 
 from .conftest import batch_for, tiny
 
@@ -23,15 +23,15 @@ def test_auto_on_cpu_is_native_and_installed_on_every_processor():
 def test_auto_prefers_flash_attn_then_sdpa_flash_on_cuda(monkeypatch):
     import ipa.models.attention as attn
 
-    monkeypatch.setattr(attn, "flash_attn_installed", lambda: True)
+    monkeypatch.setattr(attn, "flash_attn_usable", lambda: True)
     assert resolve_backend("auto", "cuda", torch.bfloat16) == "flash"
     assert resolve_backend("auto", "cuda", torch.float32) == "native"  # no fp32 flash kernels
-    monkeypatch.setattr(attn, "flash_attn_installed", lambda: False)
+    monkeypatch.setattr(attn, "flash_attn_usable", lambda: False)
     assert resolve_backend("auto", "cuda", torch.float16) == "sdpa-flash"
     assert "sdpa-efficient" in available_backends("cuda", torch.float32)
 
 
-@pytest.mark.skipif(flash_attn_installed(), reason="flash-attn is installed here")
+@pytest.mark.skipif(flash_attn_usable(), reason="flash-attn is usable here")
 def test_flash_without_flash_attn_is_a_clear_error():
     with pytest.raises(ValueError, match=r"flash-attn.*available on cpu.*\['native'\]|CUDA.*\['native'\]"):
         build_transformer("wan", "tiny", dtype=torch.bfloat16, attention_backend="flash")
@@ -48,13 +48,64 @@ def test_sdpa_kernels_on_cpu_are_refused_listing_alternatives(name):
 def test_half_only_kernels_refuse_fp32_on_cuda(monkeypatch):
     import ipa.models.attention as attn
 
-    monkeypatch.setattr(attn, "flash_attn_installed", lambda: True)
+    monkeypatch.setattr(attn, "flash_attn_usable", lambda: True)
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
     for name in ("flash", "sdpa-flash", "sdpa-cudnn"):
         with pytest.raises(ValueError, match=r"needs fp16 or bf16 \(dtype is torch.float32\).*sdpa-efficient"):
             resolve_backend(name, "cuda", torch.float32)
         assert resolve_backend(name, "cuda", torch.bfloat16) == name
     assert available_backends("cuda", torch.float32) == ["sdpa-efficient", "native"]
+
+
+def test_flash_attn_present_but_unusable_by_diffusers_is_refused(monkeypatch):
+    """A flash-attn older than diffusers' minimum, or built for another torch, is installed but
+    refused by diffusers: "auto" must move on and an explicit "flash" must say why."""
+    import importlib.util
+
+    import ipa.models.attention as attn
+
+    monkeypatch.setattr(attn.attention_dispatch, "_CAN_USE_FLASH_ATTN", False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: object() if n == "flash_attn" else real_find_spec(n, *a))
+    assert resolve_backend("auto", "cuda", torch.bfloat16) == "sdpa-flash"
+    with pytest.raises(ValueError, match=r"flash-attn >= 2.6.3 .*older or fails to import"):
+        resolve_backend("flash", "cuda", torch.bfloat16)
+    monkeypatch.setattr(attn.attention_dispatch, "_CAN_USE_FLASH_ATTN", True)
+    assert resolve_backend("auto", "cuda", torch.bfloat16) == "flash"
+
+
+def test_half_only_kernels_refuse_pre_ampere_gpus(monkeypatch):
+    import ipa.models.attention as attn
+
+    monkeypatch.setattr(attn, "flash_attn_usable", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    with pytest.raises(ValueError, match=r"compute capability >= 8.0 \(this one is 7.0\)"):
+        resolve_backend("sdpa-flash", "cuda", torch.float16)
+    assert resolve_backend("auto", "cuda", torch.float16) == "native"
+    assert available_backends("cuda", torch.float16) == ["sdpa-efficient", "native"]
+
+
+def test_flash_extra_pins_diffusers_minimum():
+    """setup.py's `flash` extra asks for the flash-attn version diffusers requires."""
+    from pathlib import Path
+
+    from diffusers.models.attention_dispatch import _REQUIRED_FLASH_VERSION
+
+    setup_py = (Path(__file__).parents[2] / "setup.py").read_text()
+    assert f'"flash-attn>={_REQUIRED_FLASH_VERSION}"' in setup_py
+
+
+@pytest.mark.parametrize("family", ["wan-vace", "wan", "wan-animate"])
+def test_half_models_keep_half_only_backends(family):
+    """diffusers keeps some modules in fp32 (the first parameter among them): the backend is
+    chosen for the dtype attention runs in, so a bf16 model on CUDA can use sdpa-flash."""
+    model = build_transformer(family, "tiny", dtype=torch.bfloat16, seed=0)
+    assert next(model.parameters()).dtype == torch.float32  # what used to decide
+    assert attention_dtype(model) == torch.bfloat16
+    assert set_attention_backend(model, "sdpa-flash", device="cuda") == "sdpa-flash"
+    assert all(p._attention_backend == "_native_flash" for p in processors(model))
 
 
 def test_dtype_rules_match_diffusers_constraints():

@@ -51,6 +51,9 @@ def _halo_loss_fwd(pred: Tensor, ref: Optional[Tensor], target: Tensor, hand_mas
     pred, target = pred.contiguous(), target.contiguous()
     ref = ref.contiguous() if ref is not None else None
     hand_mask = hand_mask.contiguous() if hand_mask is not None else None
+    # The kernels index these [B] vectors with unit stride (a strided or expanded one would be misread).
+    timesteps = timesteps.contiguous() if timesteps is not None else None
+    ref_error = ref_error.contiguous() if ref_error is not None else None
     n_stats = len(IPA_STATS if objective == "ipa" else SFT_STATS)
     fused = _backends.loss_forward(backend, pred, ref, target, hand_mask, timesteps, ref_error, objective,
                                    beta, hand_weight, skip_frames, n_stats)

@@ -114,3 +114,20 @@ def test_every_gradient_element_is_written_on_gpu(dtype):
     loss, _ = flow_ipa_loss(p, target, torch.rand(ODD[0], device="cuda"), m, ref_pred=target + 0.1)
     loss.backward()
     assert p.grad.dtype == dtype and bool(torch.isfinite(p.grad).all())
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_inputs_on_a_device_that_is_not_current():
+    """Triton launches on the current device; the ops must switch to the inputs' device."""
+    pred, ref, target, m = make_inputs(ODD)
+    t = torch.rand(ODD[0])
+    want, _ = flow_ipa_loss(pred, target, t, m, ref_pred=ref, beta=5.0, backend="torch")
+    dev = torch.device("cuda", torch.cuda.device_count() - 1)
+    p, r, tg, mm, tt = (x.to(dev) for x in (pred, ref, target, m, t))
+    p.requires_grad_()
+    with torch.cuda.device(0):
+        loss, _ = flow_ipa_loss(p, tg, tt, mm, ref_pred=r, beta=5.0)
+        loss.backward()
+    torch.cuda.synchronize(dev)
+    torch.testing.assert_close(loss.cpu(), want, rtol=1e-5, atol=0)
+    assert p.grad.device == dev and torch.isfinite(p.grad).all()

@@ -74,6 +74,31 @@ def test_precomputed_reference_equals_online(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_and_expanded_vectors_are_read_right(backend):
+    """timesteps / ref_error as strided or expanded (stride 0) views, and an expanded upstream
+    gradient (from `.sum()`): the kernels index [B] vectors with unit stride, so the ops must
+    hand them over contiguous."""
+    _need(backend)
+    pred, ref, target, m = make_inputs(SHAPE)
+    B = SHAPE[0]
+    t = timesteps(2 * B)[::2]
+    ref_error = halo_error(ref, target, m, backend="torch")
+    ref_error_strided = torch.stack([ref_error, torch.zeros(B)], dim=1)[:, 0]
+    assert t.stride() == (2,) and ref_error_strided.stride() == (2,)
+    want, _ = flow_ipa_loss(pred, target, t.contiguous(), m, ref_error=ref_error, beta=5.0, backend="torch")
+    got, _ = flow_ipa_loss(pred, target, t, m, ref_error=ref_error_strided, beta=5.0, backend=backend)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    t_one = torch.tensor([0.3]).expand(B)
+    want, _ = flow_ipa_loss(pred, target, t_one.contiguous(), m, ref_pred=ref, beta=5.0, backend="torch")
+    got, _ = flow_ipa_loss(pred, target, t_one, m, ref_pred=ref, beta=5.0, backend=backend)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    p_ours, p_want = _leaf(pred), _leaf(pred)
+    halo_error(p_ours, target, m, backend=backend).sum().backward()  # grad_err is ones expanded
+    halo_error(p_want, target, m, backend="torch").sum().backward()
+    torch.testing.assert_close(p_ours.grad, p_want.grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ipa_gradient_sign_rewards_beating_reference(backend):
     """A gradient step on the policy lowers its error below the reference's: gap turns positive."""
     _need(backend)

@@ -92,6 +92,7 @@ def _build_model(cfg: TrainConfig, device, conf, zero3: bool):
                                          seed=m.seed, device=device)
     if zero3:
         zero3_load.align_partitioned_dtypes(model)
+        zero3_load.recompute_rope_tables(model)
     if from_folder:
         zero3_load.load_weights(model, m.source)
         model.ipa_build = {**getattr(model, "ipa_build", {}), "source": m.source}

@@ -62,6 +62,24 @@ def align_partitioned_dtypes(model) -> None:
             p.data = p.data.to(p.ds_tensor.dtype)
 
 
+def recompute_rope_tables(model) -> None:
+    """Recompute the rotary position tables that `zero.Init` built in the training dtype.
+
+    Inside `zero.Init` every floating tensor a constructor returns (`torch.arange` included) is
+    cast to bf16/fp16, so diffusers' RoPE angles come out rounded: 0.2 rad off at position 52 for
+    a 128-wide head. The tables are non-persistent buffers, never loaded from a checkpoint, so
+    nothing repairs them; built again here, outside `zero.Init`, they match a plain build exactly.
+    """
+    for module in model.modules():
+        if type(module).__name__ != "WanRotaryPosEmbed":  # transformer_wan's and wan_animate's
+            continue
+        # Wan builds its RoPE with the default theta, so the stored arguments suffice.
+        fresh = type(module)(module.attention_head_dim, module.patch_size, module.max_seq_len)
+        with torch.no_grad():
+            for name, table in fresh.named_buffers(recurse=False):
+                getattr(module, name).copy_(table)
+
+
 def load_weights(model, source) -> None:
     """Copy the checkpoint of the local folder `source` into the ZeRO-3 partitioned `model`.
 

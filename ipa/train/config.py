@@ -294,6 +294,9 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
              f"must be 0, 1, 2 or 3, got {ds.zero_stage!r}")
     if ds.config_path:
         _adopt_deepspeed_json(ds)
+    _require(ds.zero_stage != 3 or cfg.model.dtype == "float32" or ds.bf16, "deepspeed.bf16",
+             f"must be true with model.dtype={cfg.model.dtype} at ZeRO-3: zero.Init builds the parameters "
+             "in DeepSpeed's dtype, fp32 without its bf16 section, and half inputs would meet fp32 weights")
     _require(isinstance(o.beta, (int, float)) and o.beta > 0, "objective.beta", f"must be > 0, got {o.beta!r}")
     _require(isinstance(o.hand_weight, (int, float)) and o.hand_weight >= 0, "objective.hand_weight",
              f"must be >= 0, got {o.hand_weight!r}")

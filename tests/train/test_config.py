@@ -65,6 +65,14 @@ def test_bad_values_name_the_key(override, key, data):
         load_config(CONFIGS[0], [f"data.path={data}", override])
 
 
+def test_half_model_at_zero3_needs_deepspeed_bf16(data):
+    base = [f"data.path={data}", "deepspeed.zero_stage=3", "model.dtype=bfloat16"]
+    with pytest.raises(ConfigError, match=r"^deepspeed.bf16: must be true with model.dtype=bfloat16 at ZeRO-3"):
+        load_config(CONFIGS[0], base)
+    assert load_config(CONFIGS[0], [*base, "deepspeed.bf16=true"]).deepspeed.bf16
+    assert load_config(CONFIGS[0], [f"data.path={data}", "deepspeed.zero_stage=3"]).model.dtype == "float32"
+
+
 def test_yaml_exponent_strings_are_numbers(data):
     # PyYAML reads 1e-4 (no dot) as a string; a float field takes it as the number.
     cfg = load_config(CONFIGS[0], [f"data.path={data}", "optimizer.lr=1e-4", "objective.beta=600"])

@@ -45,11 +45,18 @@ def rank_state(data: dict) -> dict:
     return {"rng": rng, "data": dict(data)}
 
 
+def has_frozen_parameters(engine) -> bool:
+    return any(not p.requires_grad for p in engine.module.parameters())
+
+
 def save(engine, output_dir, step: int, data: dict | None = None) -> str:
     """Checkpoint after `step` optimizer steps; `data` is this rank's data position (see rank_state)."""
     tag = f"step{step:08d}"
     root = checkpoint_dir(output_dir)
-    engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
+    # Frozen weights (a LoRA run's whole base model: 28 GB at 14B in bf16) are rebuilt from
+    # model.source on resume; only what trains goes into each checkpoint.
+    engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False,
+                           exclude_frozen_parameters=has_frozen_parameters(engine))
     if os.environ.get("IPA_TRAIN_KILL_IN_SAVE") == str(step) and dist.get_rank() == 0:  # tests: crash mid-save
         os.killpg(os.getpgid(0), signal.SIGKILL)
     torch.save(rank_state(data or {}), _rank_state_path(output_dir, tag, dist.get_rank()))
@@ -83,7 +90,9 @@ def load(engine, output_dir) -> int:
     tag = latest_tag(output_dir)
     if tag is None:
         return 0
-    path, client = engine.load_checkpoint(str(checkpoint_dir(output_dir)), tag=tag)
+    # Without its frozen weights (see `save`) the module state is partial, so not strict.
+    path, client = engine.load_checkpoint(str(checkpoint_dir(output_dir)), tag=tag,
+                                          load_module_strict=not has_frozen_parameters(engine))
     if path is None:
         raise RuntimeError(f"checkpoint {tag} in {checkpoint_dir(output_dir)} could not be loaded")
     state_path = _rank_state_path(output_dir, tag, dist.get_rank())

@@ -109,6 +109,10 @@ def test_zero2_adapter_reference_outputs(zero2_adapter):
     state = torch.load(zero2_adapter / "checkpoints" / "step00000006" / "rank1_state.pt", weights_only=False)
     assert state["data"] == {"world_size": 2, "micro_batch": 2, "grad_accum": 1, "consumed": 12}
     assert all("peak_memory_mb" in r for r in ranks(zero2_adapter))
+    # A LoRA checkpoint holds the adapters, not the frozen base (rebuilt from model.source on resume).
+    module = torch.load(zero2_adapter / "checkpoints" / "step00000006" / "mp_rank_00_model_states.pt",
+                        weights_only=False)["module"]
+    assert module and all("lora_" in name for name in module), sorted(module)[:5]
 
 
 def test_resume_after_sigkill_matches_straight_run(zero2_adapter, data, tmp_path):

@@ -7,7 +7,7 @@
 #
 # Installs the package offline (carried wheels first), then runs three phases, each under its own
 # time limit so that the whole run fits one 10-minute device call (install ~1 min, then at most
-# TESTS_S + OPS_S + MODEL_S = 150 + 240 + 150 s):
+# TESTS_S + OPS_S + MODEL_S = 130 + 230 + 150 s, leaving slack under the call's 600 s):
 #   tests  the CUDA tests (CPU ones are CI's): the Triton ops against the reference, opcheck,
 #          compile; the ops benchmark at a toy size (its CUDA-graph timing); the training loop's
 #          metrics reduction on NCCL; with diffusers there, also attention backends' agreement
@@ -18,15 +18,16 @@
 #          copy reference, 3 steps each with checkpoints (needs the DeepSpeed wheels in .whl)
 # A phase cut off by its limit keeps the rows it measured: the benchmarks write their CSV row by
 # row. Results land in benchmarks/results/ (ops-<gpu>.csv/.png, model-<gpu>-block.csv/.png) and,
-# with the suite's log, in $OUT when set (the device tool brings back at most 8 files).
+# with the suite's log, in $OUT when set (the device tool brings back at most 8 files), copied
+# after every phase: a call killed at its limit still brings back what the finished phases wrote.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-RESULTS=benchmarks/results
+RESULTS=${RESULTS:-benchmarks/results}
 OUT=${OUT:-}
 LOG=${OUT:-/tmp}/gpu-suite.log
 PHASES=${*:-tests ops model}
-TESTS_S=${TESTS_S:-150} OPS_S=${OPS_S:-240} MODEL_S=${MODEL_S:-150} TRAIN_S=${TRAIN_S:-240}
+TESTS_S=${TESTS_S:-130} OPS_S=${OPS_S:-230} MODEL_S=${MODEL_S:-150} TRAIN_S=${TRAIN_S:-240}
 # GPU timings are steady: short budgets. The issue's key sizes first (the largest for the
 # bandwidth target, 480p-b2 for the CPU comparison), so a cut-off run still has them.
 OPS_ARGS=${OPS_ARGS:---budget 1 --sizes 720p-b8 480p-b2 720p-b2 480p-b1}
@@ -54,6 +55,11 @@ $PY -c "import torch, triton, ipa.ops; print('torch', torch.__version__, '| trit
 '| cuda' if torch.cuda.is_available() else '| no CUDA', torch.cuda.get_device_name() if torch.cuda.is_available() else '',
 '| ipa.ops backends:', ipa.ops.available_backends('cuda' if torch.cuda.is_available() else 'cpu'))" || exit 1
 
+collect() {  # what this run wrote so far goes beside the log
+  [ -n "$OUT" ] && find "$RESULTS" -maxdepth 1 -type f -newer "$STAMP" -exec cp {} "$OUT"/ \;
+  return 0
+}
+
 declare -A STATUS
 phase() {  # phase NAME SECONDS COMMAND...: run under a limit, record how it ended
   local name=$1 limit=$2; shift 2
@@ -65,6 +71,7 @@ phase() {  # phase NAME SECONDS COMMAND...: run under a limit, record how it end
     124) STATUS[$name]="cut off at ${limit}s" ;;
     *) STATUS[$name]="failed (exit $rc)" ;;
   esac
+  collect
 }
 
 HAVE_DIFFUSERS=$($PY -c "import diffusers" 2>/dev/null && echo 1)
@@ -88,8 +95,6 @@ for p in $PHASES; do
   esac
 done
 
-# What this run wrote (at most 4 files) goes back beside the log.
-[ -n "$OUT" ] && find "$RESULTS" -maxdepth 1 -type f -newer "$STAMP" -exec cp {} "$OUT"/ \;
 say "summary"
 status=0
 for p in $PHASES; do

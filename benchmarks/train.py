@@ -58,13 +58,16 @@ def run(variant, overrides, data, store, steps, nproc, workdir):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="ipa bench train", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--nproc", type=int, default=None,
+                   help="ranks (default 2; on CUDA at most one per GPU)")
     p.add_argument("--repeats", type=int, default=2, help="round-robin passes; each variant keeps its best")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     from ipa.data import synthesize
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the runs train
+    if args.nproc is None:
+        args.nproc = min(2, torch.cuda.device_count()) if dev.type == "cuda" else 2
     info = {"device": device_name(dev), **versions()}
     with tempfile.TemporaryDirectory() as tmp:
         data = synthesize(Path(tmp) / "data", n=16)

@@ -19,9 +19,21 @@ def _common(p):
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.beta=100 run.steps=50")
 
 
+def check_nproc_fits_gpus(nproc: int) -> None:
+    """Each rank trains on its own GPU (`LOCAL_RANK`): refuse more ranks than devices before any
+    process starts, rather than let ranks past the last GPU die on an invalid device ordinal."""
+    import torch
+
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ValueError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} CUDA device(s), one "
+                         "per rank (use at most that many, or CUDA_VISIBLE_DEVICES= for CPU ranks on gloo)")
+
+
 def _relaunch(args, module_args):
     """Re-run this command under torchrun with `--nproc` processes (single node)."""
     from torch.distributed.run import main as torchrun
+
+    check_nproc_fits_gpus(args.nproc)
 
     torchrun(["--standalone", f"--nproc_per_node={args.nproc}", "-m", *module_args])
     return 0

@@ -89,6 +89,18 @@ def test_missing_data_and_batch_not_divisible(data, tmp_path):
         load_config(tmp_path / "none.yaml")
 
 
+def test_cli_refuses_more_ranks_than_gpus_before_launching(data, tmp_path, monkeypatch):
+    import torch
+
+    from ipa.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"^--nproc 2: this machine has 1 CUDA device\(s\)"):
+        main(["train", "--config", str(CONFIGS[0]), "--nproc", "2", "--output-dir", str(tmp_path / "o"),
+              f"data.path={data}"])
+
+
 def test_cli_checks_the_batch_layout_for_nproc_before_launching(data, tmp_path):
     # 8 samples cannot fill a global batch of 2 x 5 ranks: refused in this process, nothing launched
     from ipa.cli import main

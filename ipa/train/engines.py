@@ -179,16 +179,20 @@ def local_and_full_numel(module) -> tuple[int, int]:
     return local, full
 
 
-def weights_digest(module, only_trainable: bool = False) -> str:
-    """sha256 of all (or trainable) weights, gathered when ZeRO-3 sharded; equal on every rank."""
+def weights_digest(module, select=None) -> str:
+    """sha256 of the weights `select(name, param)` picks (default: all), equal on every rank.
+
+    ZeRO-3 shards are gathered one parameter at a time, so no rank ever holds the whole model.
+    """
     import hashlib
 
     import deepspeed
 
-    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad or not only_trainable]
     h = hashlib.sha256()
-    with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
-        for name, p in params:
+    for name, p in module.named_parameters():
+        if select is not None and not select(name, p):
+            continue
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
             h.update(name.encode())
             h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()

@@ -119,23 +119,45 @@ def _record_weights(cfg, engine, reference, rank, when, summary):
         return
     local, full = engines.local_and_full_numel(engine.module)
     summary[f"policy_numel_{when}"] = {"local": local, "full": full}
-    summary[f"policy_trainable_digest_{when}"] = engines.weights_digest(engine.module, only_trainable=True)
+    summary[f"policy_trainable_digest_{when}"] = engines.weights_digest(engine.module,
+                                                                       lambda _, p: p.requires_grad)
     if reference is not None and reference.mode == "copy":
         local, full = engines.local_and_full_numel(reference.model.module)
         summary[f"reference_numel_{when}"] = {"local": local, "full": full}
         summary[f"reference_digest_{when}"] = engines.weights_digest(reference.model.module)
     if reference is not None and reference.mode == "adapter":  # the base weights are the reference
-        base = [(n, p) for n, p in engine.module.named_parameters() if "lora_" not in n]
-        import hashlib
+        summary[f"reference_digest_{when}"] = engines.weights_digest(engine.module, lambda n, _: "lora_" not in n)
 
-        import deepspeed
 
-        h = hashlib.sha256()
-        with deepspeed.zero.GatheredParameters([p for _, p in base], modifier_rank=None):
-            for n, p in base:
-                h.update(n.encode())
-                h.update(p.detach().float().cpu().numpy().tobytes())
-        summary[f"reference_digest_{when}"] = h.hexdigest()
+def _full_state_dict_on_rank0(module, rank):
+    """The module's state dict in CPU memory on rank 0 (None elsewhere), ZeRO-3 shards gathered one
+    submodule at a time: no GPU ever holds the whole model (28 GB at 14B in bf16)."""
+    import deepspeed
+
+    state = {} if rank == 0 else None
+    for prefix, sub in module.named_modules():
+        own = list(sub.named_parameters(recurse=False))
+        if not own:
+            continue
+        with deepspeed.zero.GatheredParameters([p for _, p in own], modifier_rank=None):
+            if rank == 0:
+                for n, p in own:
+                    state[f"{prefix}.{n}" if prefix else n] = p.detach().to("cpu", copy=True)
+    if rank == 0:
+        params = set(state)
+        for name, t in module.state_dict().items():  # persistent buffers: replicated, not sharded
+            if name not in params:
+                state[name] = t.detach().to("cpu", copy=True)
+    return state
+
+
+def _save_diffusers_folder(module, state, path):
+    """`state` written as a diffusers model folder of `module`'s class and config, through a
+    weightless (meta) instance, so diffusers' own save_pretrained shards and names the files."""
+    with torch.device("meta"):
+        skeleton = type(module).from_config(module.config)
+    skeleton.load_state_dict(state, strict=True, assign=True)
+    skeleton.save_pretrained(path)
 
 
 def export(cfg, engine, output_dir, rank):
@@ -143,13 +165,15 @@ def export(cfg, engine, output_dir, rank):
     import deepspeed
 
     module = engine.module
-    params = [p for n, p in module.named_parameters() if (not cfg.lora.enabled) or "lora_" in n]
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        if rank == 0:
-            if cfg.lora.enabled:
+    if cfg.lora.enabled:  # adapters are small: gathered at once
+        params = [p for n, p in module.named_parameters() if "lora_" in n]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if rank == 0:
                 models.export_lora(module, Path(output_dir) / "lora")
-            else:
-                module.save_pretrained(Path(output_dir) / "model")
+    else:
+        state = _full_state_dict_on_rank0(module, rank)
+        if rank == 0:
+            _save_diffusers_folder(module, state, Path(output_dir) / "model")
     dist.barrier()
 
 

@@ -62,7 +62,8 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
     if rank == 0:
         store = models.ReferenceStore(draws, seed=cfg.run.seed, sampling=o.timestep_sampling, shift=o.shift,
                                       family=cfg.model.family, hand_weight=o.hand_weight, skip_frames=o.skip_frames,
-                                      logit_mean=o.logit_mean, logit_std=o.logit_std, source=str(cfg.model.source))
+                                      logit_mean=o.logit_mean, logit_std=o.logit_std, source=str(cfg.model.source),
+                                      compute_dtype=str(dtype).removeprefix("torch."))
         for part in gathered:
             for sid, d, t, e in part:
                 store.add(sid, d, t, e)
@@ -90,6 +91,11 @@ def check_store(cfg: TrainConfig, store, sample_ids) -> None:
         if meta_key in store.meta and store.meta[meta_key] != want:
             raise ValueError(f"{key}: the reference store {cfg.reference.store!r} was computed with "
                              f"{store.meta[meta_key]!r}, this run has {want!r} (run `ipa precompute-reference` again)")
+    dtype = str(engines.compute_dtype(cfg)).removeprefix("torch.")
+    if store.meta.get("compute_dtype", dtype) != dtype:  # bf16 vs fp32 errors differ far above the gaps
+        raise ValueError(f"model.dtype: the reference store {cfg.reference.store!r} was computed in "
+                         f"{store.meta['compute_dtype']}, this run computes in {dtype} (deepspeed.bf16="
+                         f"{cfg.deepspeed.bf16}); run `ipa precompute-reference` with this run's settings")
     if cfg.reference.draws > store.n_draws:
         raise ValueError(f"reference.draws: {cfg.reference.draws} > the {store.n_draws} draws the store holds")
     missing = sorted(set(map(str, sample_ids)) - set(store.sample_ids()))

@@ -39,3 +39,11 @@ def test_matching_store_passes():
 def test_mismatched_store_names_the_key(changes, sample_ids, match):
     with pytest.raises(ValueError, match=match):
         check_store(_cfg(**changes), _store(), sample_ids)
+
+
+def test_store_of_another_compute_dtype_is_refused():
+    fp32_store = _store(compute_dtype="float32")
+    check_store(_cfg(), fp32_store, ["a"])
+    with pytest.raises(ValueError, match=r"^model.dtype: .* computed in float32, this run computes in bfloat16"):
+        check_store(_cfg(deepspeed__bf16=True), fp32_store, ["a"])
+    check_store(_cfg(deepspeed__bf16=True), _store(compute_dtype="bfloat16"), ["a"])

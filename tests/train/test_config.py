@@ -140,3 +140,26 @@ def test_deepspeed_json_sets_stage_and_bf16(data, tmp_path):
             load_config(CONFIGS[0], [f"data.path={data}", f"deepspeed.config_path={path}"])
     with pytest.raises(ConfigError, match="^deepspeed.config_path: .* does not exist"):
         load_config(CONFIGS[0], [f"data.path={data}", f"deepspeed.config_path={tmp_path / 'none.json'}"])
+
+
+def test_offloaded_optimizer_is_deepspeeds_cpu_adam(data, monkeypatch):
+    """The CPU Adam op itself is DeepSpeed's (and compiles for ~1.5 min on first use): a stand-in
+    records what it is built with."""
+    import deepspeed.ops.adam
+    import torch
+
+    from ipa.train.engines import deepspeed_config, make_optimizer
+
+    class CPUAdam:
+        def __init__(self, params, **kw):
+            self.params, self.kw = list(params), kw
+
+    monkeypatch.setattr(deepspeed.ops.adam, "DeepSpeedCPUAdam", CPUAdam)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    cfg = load_config(CONFIGS[0], [f"data.path={data}", "deepspeed.offload=true", "optimizer.lr=3e-5"])
+    opt = make_optimizer(cfg, deepspeed_config(cfg, world_size=1), params)
+    assert isinstance(opt, CPUAdam) and opt.params == params
+    assert opt.kw == {"adamw_mode": True, "lr": 3e-5, "betas": tuple(cfg.optimizer.betas),
+                      "weight_decay": cfg.optimizer.weight_decay}
+    cfg = load_config(CONFIGS[0], [f"data.path={data}"])
+    assert type(make_optimizer(cfg, deepspeed_config(cfg, world_size=1), params)) is torch.optim.AdamW

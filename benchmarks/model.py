@@ -22,6 +22,7 @@ Results: benchmarks/results/model-<device>.csv and .png.
 """
 
 import argparse
+import re
 from pathlib import Path
 
 import torch
@@ -38,7 +39,16 @@ from .common import (RESULTS, device_name, device_slug, peak_extra_bytes, print_
 
 MODES = ("sft", "ipa-copy", "ipa-adapter", "ipa-precomputed")
 SEED = 0
-BF16_PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0}  # dense bf16 tensor cores
+# Dense bf16 tensor-core peaks from the vendor's data sheets, the form factor first: an H100 PCIe
+# (756) or NVL (835) runs lower clocks than the SXM parts (989) that share its name.
+BF16_PEAK_TFLOPS = [(r"h100.*pcie", 756.0), (r"h[12]00.*nvl", 835.0), (r"h100|h200|gh200", 989.0),
+                    (r"a100", 312.0), (r"l40s", 362.0)]
+
+
+def bf16_peak_tflops(gpu_name):
+    """Dense bf16 peak of the GPU named `gpu_name` (torch.cuda.get_device_name), or None if unknown."""
+    name = gpu_name.lower()
+    return next((peak for pattern, peak in BF16_PEAK_TFLOPS if re.search(pattern, name)), None)
 
 
 def _nbytes(*modules):
@@ -193,7 +203,7 @@ def run_tiny(args, device, info, on_rows):
 def run_block(args, device, info, on_rows):
     rows = []
     backends = args.backends or available_backends(device, torch.bfloat16)
-    peak = BF16_PEAK_TFLOPS.get(device_slug(device))
+    peak = bf16_peak_tflops(torch.cuda.get_device_name(device))
     steps, held, S = block_steps(device, rank=args.rank)  # built once: the backend is read at call time
     for backend in backends:
         with attention_backend(DIFFUSERS_NAMES[backend]):  # the bare block has no set_attention_backend

@@ -23,3 +23,14 @@ def test_block_steps_run_every_mode(device):
 
 def test_attention_tflops_runs_through_the_dispatcher():
     assert attention_tflops(torch.device("cpu"), "native", S=64, heads=2, head_dim=8) > 0
+
+
+@pytest.mark.parametrize("gpu,peak", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H200", 989.0), ("NVIDIA H200 NVL", 835.0), ("NVIDIA GH200 480GB", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L40S", 362.0), ("Tesla T4", None),
+])
+def test_bf16_peak_by_gpu_name(gpu, peak):
+    from benchmarks.model import bf16_peak_tflops
+
+    assert bf16_peak_tflops(gpu) == peak

@@ -19,6 +19,7 @@ clamp is two `where`s so a NaN in the mask stays NaN.
 """
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -152,10 +153,15 @@ def _fold_kernel(
             tl.store(stats_ptr + 4, (tl.sum(tl.where(valid, z, 0.0), axis=0) / B).to(out_ty))
 
 
-def _on_device_of(t):
-    """Triton launches on the *current* CUDA device: make it the inputs' one, so a caller with
-    tensors on cuda:1 and cuda:0 current gets a correct launch, not an illegal address."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+def _on_inputs_device(launcher):
+    """Triton launches on the *current* CUDA device: make it the inputs' one (all on one device,
+    the ops check), so a caller with tensors on cuda:1 and cuda:0 current gets a correct launch,
+    not an illegal address."""
+    @functools.wraps(launcher)
+    def launch(first, *args, **kwargs):
+        with torch.cuda.device(first.device) if first.is_cuda else contextlib.nullcontext():
+            return launcher(first, *args, **kwargs)
+    return launch
 
 
 def _launch_config(hw: int):
@@ -213,36 +219,36 @@ def _fold_in_torch(part, n, acc_torch):
     return (part.to(torch.float64).sum(dim=1) / n).to(acc_torch)
 
 
+@_on_inputs_device
 def halo_forward(pred, ref, target, mask, hand_weight: float, skip_frames: int):
     """Per-sample errors of `pred` (and `ref`) against `target`.
 
     Inputs are contiguous: pred/ref/target [B, C, F, H, W], mask [B, F - skip, H, W] or None.
     Returns (err_pred [B], err_ref [B] or None) in fp32 (fp64 for fp64 inputs).
     """
-    with _on_device_of(pred):
-        part, part_ref, n = _partials(pred, ref, target, mask, hand_weight, skip_frames)
-        acc_torch = _acc_dtype(pred.dtype)[1]
-        if part.shape[0] > MAX_FOLD_BATCH:
-            return (_fold_in_torch(part, n, acc_torch),
-                    _fold_in_torch(part_ref, n, acc_torch) if ref is not None else None)
-        err, err_ref, *_ = _fold(part, part_ref, head=HEAD_NONE, n=n, acc_torch=acc_torch)
+    part, part_ref, n = _partials(pred, ref, target, mask, hand_weight, skip_frames)
+    acc_torch = _acc_dtype(pred.dtype)[1]
+    if part.shape[0] > MAX_FOLD_BATCH:
+        return _fold_in_torch(part, n, acc_torch), (_fold_in_torch(part_ref, n, acc_torch) if ref is not None else None)
+    err, err_ref, *_ = _fold(part, part_ref, head=HEAD_NONE, n=n, acc_torch=acc_torch)
     return err, (err_ref if ref is not None else None)
 
 
+@_on_inputs_device
 def halo_loss_forward(pred, ref, target, mask, timesteps, ref_error, objective: str, beta: float,
                       hand_weight: float, skip_frames: int, n_stats: int):
     """(loss, stats [n_stats], coef [B]) for objective "ipa" or "sft" in two launches, or None when
     the batch is too large for the one-program fold (the caller then runs the head in torch)."""
     if pred.shape[0] > MAX_FOLD_BATCH:
         return None
+    part, part_ref, n = _partials(pred, ref, target, mask, hand_weight, skip_frames)
     head = HEAD_IPA if objective == "ipa" else HEAD_SFT
-    with _on_device_of(pred):
-        part, part_ref, n = _partials(pred, ref, target, mask, hand_weight, skip_frames)
-        _, _, loss, stats, coef = _fold(part, part_ref, head=head, n=n, acc_torch=_acc_dtype(pred.dtype)[1],
-                                        ref_error=ref_error, t=timesteps, beta=beta, n_stats=n_stats)
+    _, _, loss, stats, coef = _fold(part, part_ref, head=head, n=n, acc_torch=_acc_dtype(pred.dtype)[1],
+                                    ref_error=ref_error, t=timesteps, beta=beta, n_stats=n_stats)
     return loss, stats, coef
 
 
+@_on_inputs_device
 def halo_backward(grad_err, pred, target, mask, hand_weight: float, skip_frames: int):
     """Gradient of the per-sample error with respect to `pred`, in pred's dtype."""
     B, C, F, H, W = pred.shape
@@ -251,10 +257,9 @@ def halo_backward(grad_err, pred, target, mask, hand_weight: float, skip_frames:
     grid = (B * C * F, triton.cdiv(hw, block))
     acc_tl, _ = _acc_dtype(pred.dtype)
     grad = torch.empty_like(pred)
-    with _on_device_of(pred):
-        _halo_bwd_kernel[grid](
-            grad_err, pred, target, mask if mask is not None else pred, grad,
-            C, F, hw, C * F * hw, skip_frames, F - skip_frames, float(hand_weight) - 1.0,
-            HAS_MASK=mask is not None, ACC=acc_tl, BLOCK=block, num_warps=num_warps,
-        )
+    _halo_bwd_kernel[grid](
+        grad_err, pred, target, mask if mask is not None else pred, grad,
+        C, F, hw, C * F * hw, skip_frames, F - skip_frames, float(hand_weight) - 1.0,
+        HAS_MASK=mask is not None, ACC=acc_tl, BLOCK=block, num_warps=num_warps,
+    )
     return grad

@@ -156,8 +156,8 @@ def loss_forward(backend, pred, ref, target, mask, timesteps, ref_error, objecti
     mask = _mask_for_kernel(mask)
     B, C, F, H, W = pred.shape
     acc = acc_dtype(pred.dtype)
-    t64 = timesteps.to(torch.float64).contiguous() if timesteps is not None else None
-    ref64 = ref_error.to(torch.float64).contiguous() if ref_error is not None else None
+    t64 = timesteps.to(torch.float64) if timesteps is not None else None  # contiguous: the op made them so
+    ref64 = ref_error.to(torch.float64) if ref_error is not None else None
     loss, stats, coef = torch.empty((), dtype=acc), torch.empty(n_stats, dtype=acc), torch.empty(B, dtype=acc)
     _load("cpp").halo_loss_forward(
         _ptr(pred), _ptr(ref), _ptr(target), _ptr(mask), _ptr(t64), _ptr(ref64),

@@ -63,7 +63,7 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
         store = models.ReferenceStore(draws, seed=cfg.run.seed, sampling=o.timestep_sampling, shift=o.shift,
                                       family=cfg.model.family, hand_weight=o.hand_weight, skip_frames=o.skip_frames,
                                       logit_mean=o.logit_mean, logit_std=o.logit_std, source=str(cfg.model.source),
-                                      compute_dtype=str(dtype).removeprefix("torch."))
+                                      compute_dtype=_dtype_name(dtype))
         for part in gathered:
             for sid, d, t, e in part:
                 store.add(sid, d, t, e)
@@ -73,6 +73,10 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
         print(f"wrote {len(store)} samples x {draws} draws of reference errors to {out_path}")
     dist.barrier()
     return out_path
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 # config key -> store metadata key: settings that change the stored errors
@@ -91,7 +95,7 @@ def check_store(cfg: TrainConfig, store, sample_ids) -> None:
         if meta_key in store.meta and store.meta[meta_key] != want:
             raise ValueError(f"{key}: the reference store {cfg.reference.store!r} was computed with "
                              f"{store.meta[meta_key]!r}, this run has {want!r} (run `ipa precompute-reference` again)")
-    dtype = str(engines.compute_dtype(cfg)).removeprefix("torch.")
+    dtype = _dtype_name(engines.compute_dtype(cfg))
     if store.meta.get("compute_dtype", dtype) != dtype:  # bf16 vs fp32 errors differ far above the gaps
         raise ValueError(f"model.dtype: the reference store {cfg.reference.store!r} was computed in "
                          f"{store.meta['compute_dtype']}, this run computes in {dtype} (deepspeed.bf16="

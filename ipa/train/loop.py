@@ -182,7 +182,8 @@ def train(cfg: TrainConfig) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     validate(cfg, world_size=world)
     out = Path(cfg.run.output_dir)
-    if not cfg.run.resume and checkpoint.latest_tag(out) is not None:
+    # the same on every rank (or refused on all): no rank resumes while another starts over
+    if checkpoint.agreed_latest_tag(out) is not None and not cfg.run.resume:
         raise ValueError(f"run.output_dir {str(out)!r} already holds checkpoints: pass --resume to continue "
                          "that run, or choose a new --output-dir")
     if rank == 0:

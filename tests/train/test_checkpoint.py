@@ -11,7 +11,8 @@ from ipa.train import checkpoint
 def _fake_checkpoint(out, data):
     root = checkpoint.checkpoint_dir(out) / "step00000003"
     root.mkdir(parents=True)
-    torch.save(checkpoint.rank_state(data), root / "rank0_state.pt")
+    for rank in range(data["world_size"]):
+        torch.save(checkpoint.rank_state(data), root / f"rank{rank}_state.pt")
     (checkpoint.checkpoint_dir(out) / "latest").write_text("step00000003\n")
 
 
@@ -24,6 +25,10 @@ def test_resume_refuses_a_different_layout(tmp_path):
         checkpoint.check_layout(tmp_path, {**layout, "micro_batch": 1})
     with pytest.raises(ValueError, match="^number of ranks: .* with 2, this run has 4"):
         checkpoint.check_layout(tmp_path, {**layout, "world_size": 4})
+    # a checkpoint missing a rank's state is refused (by every rank alike), not resumed half-way
+    (checkpoint.checkpoint_dir(tmp_path) / "step00000003" / "rank1_state.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"step00000003 .* lacks .* of ranks 1$"):
+        checkpoint.check_layout(tmp_path, layout)
 
 
 def test_rank_state_holds_every_rng():
@@ -43,3 +48,56 @@ def test_runlog_resume_drops_later_steps_and_a_line_cut_by_a_kill(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 2 is not JSON"):
         read_metrics(tmp_path / "metrics.jsonl")
+
+
+def test_ranks_by_value_names_runs_of_ranks():
+    assert checkpoint._ranks_by_value(["a", "a", None, "a", None, None]) == "a on ranks 0-1, 3; none on ranks 2, 4-5"
+    assert checkpoint._rank_spans([0, 1, 2, 3, 6, 8, 9]) == "0-3, 6, 8-9"
+
+
+class _Engine:
+    """What `checkpoint.load` asks of a DeepSpeed engine, with no weights to restore."""
+    module = torch.nn.Linear(1, 1)
+
+    def load_checkpoint(self, load_dir, tag, load_module_strict):
+        return load_dir, {"step": int(tag.removeprefix("step"))}
+
+
+def _resume_on_rank(rank, world, port, dirs, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        tag = checkpoint.agreed_latest_tag(dirs[rank])
+        results[rank] = ("ok", tag, checkpoint.load(_Engine(), dirs[rank]))
+    except (ValueError, FileNotFoundError) as e:
+        results[rank] = (type(e).__name__, str(e))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_ranks(dirs):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_resume_on_rank, args=(len(dirs), port, [str(d) for d in dirs], results), nprocs=len(dirs))
+        return [results[r] for r in range(len(dirs))]
+
+
+@pytest.mark.multiprocess
+def test_every_rank_refuses_checkpoints_that_not_all_ranks_see(tmp_path):
+    layout = {"world_size": 2, "micro_batch": 2, "grad_accum": 1}
+    shared = tmp_path / "shared"
+    _fake_checkpoint(shared, {**layout, "consumed": 6})
+    assert _run_ranks([shared] * 2) == [("ok", "step00000003", 3)] * 2
+    # rank 1 on a node-local disk without the checkpoint: both ranks stop, with the same message
+    for kind, message in _run_ranks([shared, tmp_path / "node1-local"]):
+        assert kind == "ValueError", message
+        assert "the ranks see different checkpoints (step00000003 on ranks 0; none on ranks 1)" in message
+        assert "one directory every node sees" in message

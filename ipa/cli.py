@@ -12,16 +12,21 @@ import sys
 
 # group name -> (module, one-line help)
 COMMANDS = {
-    "bench": ("ipa.bench", "run a benchmark (ops, ...) and write CSV + PNG under benchmarks/results/"),
+    "bench": ("ipa.bench", "run a benchmark (ops, model, train, hands) and write CSV + PNG under benchmarks/results/"),
     "hands": ("ipa.hands.cli", "hand masks: detector model, detect, from-keypoints, preview"),
-    "data": ("ipa.data.cli", "datasets: synth, check"),
+    "data": ("ipa.data.cli", "datasets: synth, check, prepare (videos -> conditions), curate (-> training set)"),
     "train": ("ipa.train.cli", "IPA / SFT / DPO post-training on DeepSpeed ZeRO"),
-    "precompute-reference": ("ipa.train.cli", "reference errors over deterministic draws"),
+    "precompute-reference": ("ipa.train.cli", "reference errors over deterministic draws (no reference at train time)"),
     "eval": ("ipa.eval.cli", "metrics report: SSIM/PSNR/LPIPS/FVD and hand-region metrics"),
     "generate": ("ipa.generate", "sample K candidates per condition with the policy (self-generated data)"),
     "select": ("ipa.select.cli", "pick good candidates: auto hand scores, review page"),
-    "demo": ("ipa.demo.cli", "end-to-end miniature of the paper's ablation on CPU (demo_out/)"),
+    "demo": ("ipa.demo.cli", "end-to-end miniature of the paper's ablation on CPU (writes demo_out/)"),
 }
+
+
+def add_group(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """The parser of command group `name`, with its one-line help from COMMANDS (one source)."""
+    return sub.add_parser(name, help=COMMANDS[name][1], **kwargs)
 
 
 def build_parser(only=None):

@@ -3,6 +3,8 @@ function) so that other modules (prepare, curate) add theirs with one line."""
 
 from __future__ import annotations
 
+from ipa.cli import add_group
+
 from . import curate, prepare
 
 
@@ -49,7 +51,7 @@ SUBCOMMANDS = {"synth": register_synth, "check": register_check, "prepare": prep
 
 
 def register(sub):
-    p = sub.add_parser("data", help="datasets: synth, check")
+    p = add_group(sub, "data")
     ds = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     for add in SUBCOMMANDS.values():
         add(ds)

@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ipa.cli import add_group
+
 
 def register(sub):
-    p = sub.add_parser(
-        "eval", help="metrics report: SSIM/PSNR/LPIPS/FVD and hand-region metrics",
-        description="Compare folders of generated videos (files or frame folders, matched by name) with "
-                    "reference videos; write metrics.json, report.md and PNGs to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_group(sub, "eval", description="Compare folders of generated videos (files or frame folders, "
+                  "matched by name) with reference videos; write metrics.json, report.md and PNGs to --out.",
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--generated", help="folder of generated videos (one run; named after the folder)")
     p.add_argument("--reference", required=True, help="folder of ground-truth videos")
     p.add_argument("--poses", help="folder of driving-pose keypoints per video (NAME.npy/.npz/.json or NAME/); "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipa.cli import add_group
+
 
 def _auto(args):
     from .auto import auto_select
@@ -27,7 +29,7 @@ def _review(args):
 
 
 def register(sub):
-    p = sub.add_parser("select", help="pick good candidates: auto hand scores, review page")
+    p = add_group(sub, "select")
     sp = p.add_subparsers(dest="select_command", metavar="SUBCOMMAND", required=True)
     a = sp.add_parser("auto", help="score candidates' hands with MediaPipe and keep the best per condition")
     a.add_argument("--candidates", required=True, help="folder written by `ipa generate`")

@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from ipa.cli import add_group
+
 
 def _common(p):
     p.add_argument("--config", required=True, help="run YAML (see configs/)")
@@ -97,10 +99,10 @@ def run_precompute(args, argv=None):
 
 
 def register(sub):
-    p = sub.add_parser("train", help="IPA / SFT / DPO post-training on DeepSpeed ZeRO")
+    p = add_group(sub, "train")
     _common(p)
     p.set_defaults(func=lambda a: run_train(a, sys.argv[2:]))
-    p = sub.add_parser("precompute-reference", help="reference errors over deterministic draws (no reference at train time)")
+    p = add_group(sub, "precompute-reference")
     _common(p)
     p.add_argument("--draws", type=int, default=None,
                    help="draws per sample (default: reference.draws of the config; train with reference.draws=K)")

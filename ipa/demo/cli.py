@@ -36,11 +36,18 @@ def _numbers(text, cast, flag):
         raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
 
 
-def _copy_data(src: Path, out: Path) -> None:
+def _copy_data(src: Path, out: Path, settings: dict) -> None:
+    """Copy an earlier run's curated samples into OUT, refusing ones made with other `settings`."""
     import shutil
 
-    if not ((src / "selection.json").is_file() and (src / "curated" / "manifest.jsonl").is_file()):
+    from .experiment import has_curated, settings_mismatch
+
+    if not has_curated(src):
         raise ValueError(f"--data-from: {str(src)!r} holds no curated demo data (selection.json, curated/)")
+    why = settings_mismatch(src, settings)
+    if why is not None:
+        raise ValueError(f"--data-from: {str(src)!r} does not fit this run: {why}; drop --data-from to "
+                         "generate anew, or match the plan to it")
     if src.resolve() == out.resolve():
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +107,7 @@ def run(args) -> int:
     t0 = time.time()
     plan = plan_from_args(args)
     if args.data_from:
-        _copy_data(Path(args.data_from), Path(args.out))
+        _copy_data(Path(args.data_from), Path(args.out), experiment.generation_settings(plan, base))
     experiment.run(args.out, plan, base)
     files = report.write_report(args.out)
     print(Path(files["table"]).read_text())

@@ -133,8 +133,49 @@ def self_generate_and_curate(out: Path, plan: Plan, base=BASE, log=say) -> dict:
            "hand_mse_best_per_condition_mean": float(np.mean([err[s, best[s]] for s in conds])),
            "hand_mse_curated_mean": float(np.mean([err[s, best[s]] for s in chosen])),
            "chosen": [f"c{s}-cand{best[s]}" for s in chosen]}
+    sel["settings"] = generation_settings(plan, base)
     (out / "selection.json").write_text(json.dumps(sel, indent=1))
     return sel
+
+
+def generation_settings(plan: Plan, base=BASE) -> dict:
+    """What the curated samples depend on (the base model's weights by digest, not by path): data
+    made with other settings are never reused."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in sorted(Path(base).glob("*")):
+        if f.suffix in (".json", ".safetensors"):
+            digest.update(f.name.encode() + f.read_bytes())
+    return {"base_sha256": digest.hexdigest()[:16], "gen_conditions": plan.gen_conditions,
+            "candidates": plan.candidates, "curated": plan.curated, "sample_steps": plan.sample_steps}
+
+
+def has_curated(folder: Path) -> bool:
+    return (Path(folder) / "selection.json").is_file() and (Path(folder) / "curated" / "manifest.jsonl").is_file()
+
+
+def settings_mismatch(folder: Path, settings: dict) -> str | None:
+    """Why the curated samples in FOLDER were not made with `settings`, or None when they were."""
+    saved = json.loads((Path(folder) / "selection.json").read_text()).get("settings")
+    if saved is None:
+        return "its selection.json records no generation settings (written by an older ipa)"
+    diff = [f"{k}={saved.get(k)!r} (this plan: {v!r})" for k, v in settings.items() if saved.get(k) != v]
+    return "they were generated with " + ", ".join(diff) if diff else None
+
+
+def curated_samples(out: Path, plan: Plan, base=BASE, log=say) -> dict:
+    """The selection record of OUT's curated samples: reused when made with this plan's generation
+    settings (so a variant trains on exactly the same samples), else generated anew."""
+    why = settings_mismatch(out, generation_settings(plan, base)) if has_curated(out) else ""
+    if why is None:
+        return json.loads((out / "selection.json").read_text())
+    import shutil
+
+    if why:
+        log(f"generating anew: the curated samples in {out} do not fit this plan ({why})")
+    shutil.rmtree(out / "curated", ignore_errors=True)
+    return self_generate_and_curate(out, plan, base, log)
 
 
 # ----------------------------------------------------------------------------- 4: training
@@ -210,13 +251,7 @@ def run(out, plan: Plan = FULL, base=BASE, log=say) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings, t_all = {}, time.time()
     t0 = time.time()
-    if (out / "selection.json").is_file() and (out / "curated" / "manifest.jsonl").is_file():
-        selection = json.loads((out / "selection.json").read_text())
-    else:
-        import shutil
-
-        shutil.rmtree(out / "curated", ignore_errors=True)
-        selection = self_generate_and_curate(out, plan, base, log)
+    selection = curated_samples(out, plan, base, log)
     timings["generate_select_curate_s"] = time.time() - t0
     log(f"curated {selection['curated']} of {selection['candidates']} candidates "
         f"(hand MSE: all {selection['hand_mse_all_mean']:.0f}, curated {selection['hand_mse_curated_mean']:.0f})")

@@ -4,7 +4,7 @@
     ipa bench hands
 
 Target (issue 3): masks for an 81-frame 480x832 clip from keypoints in well under a second.
-Writes benchmarks/results/hands-<device>.csv (device and versions on every row).
+Writes benchmarks/results/hands-cpu.csv (everything here runs on the CPU; versions on every row), no plot.
 """
 
 import argparse

@@ -9,8 +9,6 @@ import importlib
 import sys
 from pathlib import Path
 
-from ipa.cli import add_group
-
 BENCHMARKS = {
     "ops": "fused HALO/IPA loss forward+backward vs eager and torch.compile",
     "hands": "keypoints -> pixel/latent hand masks for an 81-frame 480x832 clip; MediaPipe frames/s",
@@ -28,7 +26,7 @@ def _repo_root():
 
 
 def register(sub):
-    p = add_group(sub, "bench")
+    p = sub.add_parser("bench")
     p.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed on to the benchmark")
     p.set_defaults(func=run)

@@ -12,21 +12,27 @@ import sys
 
 # group name -> (module, one-line help)
 COMMANDS = {
-    "bench": ("ipa.bench", "run a benchmark (ops, model, train, hands) and write CSV + PNG under benchmarks/results/"),
+    "bench": ("ipa.bench", "run a benchmark (ops, model, train, hands) and write its CSV (and plot) under benchmarks/results/"),
     "hands": ("ipa.hands.cli", "hand masks: detector model, detect, from-keypoints, preview"),
-    "data": ("ipa.data.cli", "datasets: synth, check, prepare (videos -> conditions), curate (-> training set)"),
+    "data": ("ipa.data.cli", "datasets: synth, check, prepare (videos + poses -> conditions)"),
     "train": ("ipa.train.cli", "IPA / SFT / DPO post-training on DeepSpeed ZeRO"),
     "precompute-reference": ("ipa.train.cli", "reference errors over deterministic draws (no reference at train time)"),
     "eval": ("ipa.eval.cli", "metrics report: SSIM/PSNR/LPIPS/FVD and hand-region metrics"),
     "generate": ("ipa.generate", "sample K candidates per condition with the policy (self-generated data)"),
-    "select": ("ipa.select.cli", "pick good candidates: auto hand scores, review page"),
+    "select": ("ipa.select.cli", "pick good candidates: auto hand scores, review page; curate them into a training set"),
     "demo": ("ipa.demo.cli", "end-to-end miniature of the paper's ablation on CPU (writes demo_out/)"),
 }
 
 
-def add_group(sub, name: str, **kwargs) -> argparse.ArgumentParser:
-    """The parser of command group `name`, with its one-line help from COMMANDS (one source)."""
-    return sub.add_parser(name, help=COMMANDS[name][1], **kwargs)
+class _Groups:
+    """The subparsers action as the group modules see it: a group's parser gets its one-line help
+    from COMMANDS (one source, also what `ipa --help` lists without importing the group)."""
+
+    def __init__(self, action):
+        self._action = action
+
+    def add_parser(self, name, **kwargs):
+        return self._action.add_parser(name, **{**kwargs, "help": COMMANDS[name][1]})
 
 
 def build_parser(only=None):
@@ -36,7 +42,7 @@ def build_parser(only=None):
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {m for name, (m, _) in COMMANDS.items() if only is None or name == only}
     for module in sorted(modules):
-        importlib.import_module(module).register(sub)  # a module may register several groups
+        importlib.import_module(module).register(_Groups(sub))  # a module may register several groups
     for name, (_, help_) in COMMANDS.items():
         if name not in sub.choices:
             sub.add_parser(name, help=help_)

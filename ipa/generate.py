@@ -23,8 +23,6 @@ from pathlib import Path
 
 import torch
 
-from ipa.cli import add_group
-
 CANDIDATE_FILES = ("video.mp4", "latents.safetensors", "meta.json")
 
 
@@ -193,7 +191,7 @@ def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, se
 
 
 def register(sub):
-    p = add_group(sub, "generate")
+    p = sub.add_parser("generate")
     p.add_argument("--model", required=True, help="local WanVACE transformer or pipeline folder ('tiny' for tests)")
     p.add_argument("--conditions", required=True, help="dataset written by `ipa data prepare`")
     p.add_argument("--out", required=True)

@@ -1,18 +1,18 @@
 """`ipa data ...`: dataset commands. Subcommands are listed in SUBCOMMANDS (name -> register
-function) so that other modules (prepare, curate) add theirs with one line."""
+function) so that other modules (prepare) add theirs with one line."""
 
 from __future__ import annotations
 
-from ipa.cli import add_group
-
-from . import curate, prepare
+from . import prepare
 
 
 def _synth(args):
     from .synth import synthesize
 
-    out = synthesize(args.out, family=args.family, size=args.size, n=args.n, seed=args.seed)
-    print(f"wrote {args.n} synthetic {args.family} samples ({args.size}) to {out}")
+    out = synthesize(args.out, family=args.family, size=args.size, n=args.n, seed=args.seed,
+                     with_loser=args.with_loser)
+    print(f"wrote {args.n} synthetic {args.family} samples ({args.size}"
+          f"{', with x0_loser' if args.with_loser else ''}) to {out}")
 
 
 def _check(args):
@@ -37,6 +37,8 @@ def register_synth(ds):
     q.add_argument("--n", type=int, default=16)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
+    q.add_argument("--with-loser", action="store_true",
+                   help="add an x0_loser latent per sample (a pair set for objective.name=dpo)")
     q.set_defaults(func=_synth)
 
 
@@ -46,12 +48,11 @@ def register_check(ds):
     q.set_defaults(func=_check)
 
 
-SUBCOMMANDS = {"synth": register_synth, "check": register_check, "prepare": prepare.register,
-               "curate": curate.register}
+SUBCOMMANDS = {"synth": register_synth, "check": register_check, "prepare": prepare.register}
 
 
 def register(sub):
-    p = add_group(sub, "data")
+    p = sub.add_parser("data")
     ds = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     for add in SUBCOMMANDS.values():
         add(ds)

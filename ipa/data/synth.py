@@ -11,8 +11,9 @@ SIZES = {"tiny": (3, 8, 8), "small": (5, 16, 16), "480p": (21, 60, 104)}
 
 
 def synthesize(out_dir, *, family: str = "wan-vace", size: str = "tiny", n: int = 16, seed: int = 0,
-               config=None, text_len: int = 8, samples_per_shard: int = 8):
-    """Write `n` random samples for `family` (shapes from `config`, default the tiny test config)."""
+               config=None, text_len: int = 8, samples_per_shard: int = 8, with_loser: bool = False):
+    """Write `n` random samples for `family` (shapes from `config`, default the tiny test config);
+    `with_loser` adds an `x0_loser` latent per sample (x0 plus noise), what `objective.name=dpo` trains on."""
     from ipa.models import synthetic_batch, tiny_config
 
     if size not in SIZES:
@@ -26,5 +27,8 @@ def synthesize(out_dir, *, family: str = "wan-vace", size: str = "tiny", n: int 
         for i in range(n):
             b = synthetic_batch(family, cfg, 1, F, H, W, seed=seed * 100003 + i, text_len=text_len)
             tensors = {k: v[0] for k, v in b.items() if isinstance(v, torch.Tensor) and k != "draw"}
+            if with_loser:
+                g = torch.Generator().manual_seed(seed * 100003 + i + 1)
+                tensors["x0_loser"] = tensors["x0"] + 0.5 * torch.randn(tensors["x0"].shape, generator=g)
             writer.add(f"synth-{seed}-{i:05d}", tensors)
     return writer.out

@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ipa.cli import add_group
-
 
 def register(sub):
-    p = add_group(sub, "demo")
+    p = sub.add_parser("demo")
     p.add_argument("--out", default="demo_out", help="output folder (results.md, ablation.png, hand_crops.png)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the chain runs, not the result (CI)")
     p.add_argument("--base", default=None, help="base model folder (default: the committed ipa/demo/assets/base)")

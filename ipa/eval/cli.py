@@ -6,11 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ipa.cli import add_group
-
 
 def register(sub):
-    p = add_group(sub, "eval", description="Compare folders of generated videos (files or frame folders, "
+    p = sub.add_parser("eval", description="Compare folders of generated videos (files or frame folders, "
                   "matched by name) with reference videos; write metrics.json, report.md and PNGs to --out.",
                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--generated", help="folder of generated videos (one run; named after the folder)")

@@ -179,8 +179,9 @@ class FeatureExtractor:
 
 
 def load_extractor(name: str, spec, clip_len: int = 16, device=None) -> FeatureExtractor:
-    """A `FeatureExtractor` from a protocol spec: a path (frame kind) or a mapping with `path` and
-    optional `kind`, `size`, `value_range`, `kwargs`, `clip_len`, `batch_size`."""
+    """A `FeatureExtractor` from a protocol spec: a path or a mapping with `path` and optional `kind`
+    (default: frame for `fid`, video for any other name), `size`, `value_range`, `kwargs`,
+    `clip_len`, `batch_size`."""
     if isinstance(spec, (str, Path)):
         spec = {"path": str(spec)}
     if not isinstance(spec, dict) or "path" not in spec:

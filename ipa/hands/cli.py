@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ipa.cli import add_group
-
 from . import detector, keypoints, latent, masks, media, preview
 
 
@@ -103,7 +101,7 @@ def _mask_options(p):
 
 
 def register(sub):
-    p = add_group(sub, "hands")
+    p = sub.add_parser("hands")
     hs = p.add_subparsers(dest="hands_command", metavar="SUBCOMMAND", required=True)
 
     q = hs.add_parser("model", help=f"build the MediaPipe hand model bundle (downloads {detector.SOURCE_WHEEL})")

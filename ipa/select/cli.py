@@ -1,8 +1,8 @@
-"""`ipa select auto|review`."""
+"""`ipa select auto|review|curate`."""
 
 from __future__ import annotations
 
-from ipa.cli import add_group
+from . import curate
 
 
 def _auto(args):
@@ -29,7 +29,7 @@ def _review(args):
 
 
 def register(sub):
-    p = add_group(sub, "select")
+    p = sub.add_parser("select")
     sp = p.add_subparsers(dest="select_command", metavar="SUBCOMMAND", required=True)
     a = sp.add_parser("auto", help="score candidates' hands with MediaPipe and keep the best per condition")
     a.add_argument("--candidates", required=True, help="folder written by `ipa generate`")
@@ -44,3 +44,4 @@ def register(sub):
     r.add_argument("--port", type=int, default=8765)
     r.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
     r.set_defaults(func=_review)
+    curate.register(sp)

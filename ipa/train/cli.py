@@ -7,8 +7,6 @@ import argparse
 import os
 import sys
 
-from ipa.cli import add_group
-
 
 def _common(p):
     p.add_argument("--config", required=True, help="run YAML (see configs/)")
@@ -99,10 +97,10 @@ def run_precompute(args, argv=None):
 
 
 def register(sub):
-    p = add_group(sub, "train")
+    p = sub.add_parser("train")
     _common(p)
     p.set_defaults(func=lambda a: run_train(a, sys.argv[2:]))
-    p = add_group(sub, "precompute-reference")
+    p = sub.add_parser("precompute-reference")
     _common(p)
     p.add_argument("--draws", type=int, default=None,
                    help="draws per sample (default: reference.draws of the config; train with reference.draws=K)")

@@ -81,11 +81,8 @@ def step_loss(cfg: TrainConfig, engine, reference, batch, draw: int):
             ref = {"ref_pred": reference.predict(batch, d["noisy"], d["t"])}
         pred = models.forward(engine, family, batch, d["noisy"], d["t"])
         return flow_ipa_loss(pred, d["target"], d["t"], mask, beta=o.beta, **ref, **kw)
-    # dpo: the loser latent shares noise and timestep with the winner
-    if "x0_loser" not in batch:
-        raise ValueError("objective.name=dpo needs an 'x0_loser' latent in every sample")
-    if reference.mode == "precomputed":
-        raise ValueError("objective.name=dpo supports reference.mode copy or adapter")
+    # dpo (`validate` checked the data hold x0_loser and the reference is online): the loser latent
+    # shares noise and timestep with the winner
     t = d["t"].view(-1, 1, 1, 1, 1)
     x0_l = batch["x0_loser"]
     noisy_l = ((1 - t) * x0_l.float() + t * d["noise"].float()).to(x0_l.dtype)

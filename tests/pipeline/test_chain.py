@@ -125,7 +125,7 @@ def test_auto_select_curate_and_load(candidates, conditions, hand_model, tmp_pat
             "detection", "confidence", "jitter", "agreement"}
     assert sum(c["auto"] for c in data["candidates"].values()) == 2  # top 1 of each condition
     curated = tmp_path / "curated"
-    assert main(["data", "curate", "--candidates", str(candidates), "--selection", str(sel),
+    assert main(["select", "curate", "--candidates", str(candidates), "--selection", str(sel),
                  "--out", str(curated)]) == 0
 
     # The trainer's loader: ShardDataset + collate, then the model's own inputs and a forward pass.
@@ -148,7 +148,7 @@ def test_auto_select_curate_and_load(candidates, conditions, hand_model, tmp_pat
 
 
 def test_curate_needs_a_choice(candidates, tmp_path):
-    from ipa.data.curate import curate
+    from ipa.select.curate import curate
     from ipa.select.candidates import write_selection
 
     sel = tmp_path / "none.json"
@@ -171,7 +171,7 @@ def test_trainer_runs_on_the_curated_set(candidates, tmp_path):
     sel = tmp_path / "selection.json"
     scored = {c.key: {"condition": c.condition, "candidate": c.index, "score": 0.5} for c in load_candidates(candidates)}
     write_selection(sel, {"candidates": select(scored, top=1)})
-    assert main(["data", "curate", "--candidates", str(candidates), "--selection", str(sel),
+    assert main(["select", "curate", "--candidates", str(candidates), "--selection", str(sel),
                  "--out", str(tmp_path / "curated")]) == 0
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "ipa.cli", "train", "--config", str(repo / "configs/tiny-cpu.yaml"),

@@ -188,17 +188,8 @@ def test_bad_config_fails_before_any_process_starts(data, tmp_path):
 
 
 def test_dpo_objective_and_full_finetune_export(data, tmp_path):
-    from ipa.data import ShardDataset, ShardWriter
-
     # DPO: each sample also carries a loser latent (same conditions, same noise and timestep).
-    ds = ShardDataset(data)
-    g = torch.Generator().manual_seed(0)
-    with ShardWriter(tmp_path / "pairs", family="wan-vace") as w:
-        for i in range(len(ds)):
-            s = ds[i]
-            sid = s.pop("sample_id")
-            s["x0_loser"] = s["x0"] + 0.5 * torch.randn(s["x0"].shape, generator=g)
-            w.add(sid, s)
+    ipa("data", "synth", "--n", "8", "--with-loser", "--out", str(tmp_path / "pairs"))
     train(tmp_path / "dpo", tmp_path / "pairs", "objective.name=dpo", "objective.beta=50",
           "reference.mode=copy", "run.steps=2", "run.export=false")
     rows = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]

@@ -1,4 +1,4 @@
-"""`ipa data curate`: the chosen candidates -> a training dataset.
+"""`ipa select curate`: the chosen candidates -> a training dataset (what `ipa train` reads).
 
 Each chosen candidate becomes one sample: its generated latents as ``x0`` and, from the condition
 it was generated for, the same ``control``, ``text_emb`` and ``hand_mask`` (the hand mask follows
@@ -16,10 +16,9 @@ def curate(candidates_dir, selection, out, *, samples_per_shard: int = 16, progr
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
-    from ipa.select.candidates import chosen, load_candidates, read_selection, run_info
+    from ipa.data import ShardDataset, ShardWriter
 
-    from .dataset import ShardDataset
-    from .shards import ShardWriter
+    from .candidates import chosen, load_candidates, read_selection, run_info
 
     sel = read_selection(selection)
     keys = chosen(sel)
@@ -54,9 +53,9 @@ def curate(candidates_dir, selection, out, *, samples_per_shard: int = 16, progr
     return Path(out)
 
 
-def register(ds):
-    """`ipa data curate`."""
-    q = ds.add_parser("curate", help="chosen candidates (selection.json) -> training dataset")
+def register(sp):
+    """`ipa select curate`."""
+    q = sp.add_parser("curate", help="chosen candidates (selection.json) -> training dataset")
     q.add_argument("--candidates", required=True, help="folder written by `ipa generate`")
     q.add_argument("--selection", required=True, help="selection.json (ipa select auto / review)")
     q.add_argument("--out", required=True)

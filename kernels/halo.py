@@ -86,6 +86,7 @@ def _halo_bwd_kernel(
 
 HEAD_NONE, HEAD_IPA, HEAD_SFT = 0, 1, 2
 MAX_FOLD_BATCH = 256  # one program holds a [BLOCK_B, BLOCK_P] tile; larger batches fold in torch
+FOLD_TILE = 2048  # elements of that tile: BLOCK_P = FOLD_TILE / BLOCK_B columns of partials per chunk
 
 
 @triton.jit
@@ -210,7 +211,7 @@ def _fold(part, part_ref, *, head, n, acc_torch, ref_error=None, t=None, beta=0.
         t if t is not None else dummy, err, err_ref, loss, stats, coef,
         B, P, n, float(beta),
         HEAD=head, REF_PARTS=part_ref is not None, ROUND_FP32=acc_torch == torch.float32,
-        BLOCK_B=block_b, BLOCK_P=max(16, 2048 // block_b), num_warps=4,
+        BLOCK_B=block_b, BLOCK_P=max(16, FOLD_TILE // block_b), num_warps=4,
     )
     return err, err_ref, loss, stats, coef
 

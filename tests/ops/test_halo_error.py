@@ -7,6 +7,9 @@ from ipa.ops import HaloError, available_backends, halo_error, halo_errors, refe
 
 BACKENDS = ["torch", "cpp", "triton"]
 ODD = (3, 5, 7, 13, 31)  # B, C, F, H, W: nothing a power of two
+# A plane of 67 x 71 = 4757 elements: over two of the C++ forward's 2048-element chunks plus a rest,
+# and two Triton blocks of 4096 (a Wan 480p latent plane is 60 x 104 = 6240).
+LARGE_PLANE = (2, 2, 3, 67, 71)
 
 
 def _need(backend):
@@ -15,6 +18,9 @@ def _need(backend):
 
 
 def make_inputs(shape=ODD, dtype=torch.float32, mask="float", skip=1, seed=0):
+    """pred, ref, target in `dtype` and a hand mask: "float" (float32, values beyond [0, 1]),
+    "bf16" / "fp16" (the same in half precision, as a half-precision training step hands it on),
+    "bool", "uint8", "5d" (B, 1, F - skip, H, W) or None."""
     g = torch.Generator().manual_seed(seed)
     B, C, F, H, W = shape
     pred = torch.randn(shape, generator=g).to(dtype)
@@ -23,8 +29,9 @@ def make_inputs(shape=ODD, dtype=torch.float32, mask="float", skip=1, seed=0):
     mshape = (B, F - skip, H, W)
     if mask is None:
         m = None
-    elif mask == "float":  # values outside [0, 1] exercise the clamp
+    elif mask in ("float", "bf16", "fp16"):  # values outside [0, 1] exercise the clamp
         m = torch.rand(mshape, generator=g) * 1.4 - 0.2
+        m = m.to({"float": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[mask])
     elif mask == "bool":
         m = torch.rand(mshape, generator=g) > 0.7
     elif mask == "uint8":
@@ -51,7 +58,7 @@ def ours_err_and_grad(pred, target, mask, skip, backend, g):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mask", [None, "float", "bool", "uint8", "5d"])
+@pytest.mark.parametrize("mask", [None, "float", "bf16", "fp16", "bool", "uint8", "5d"])
 @pytest.mark.parametrize("skip", [0, 1])
 def test_fp32_matches_reference(backend, mask, skip):
     _need(backend)
@@ -65,14 +72,27 @@ def test_fp32_matches_reference(backend, mask, skip):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_planes_over_several_chunks_and_blocks(backend):
+    _need(backend)
+    pred, ref, target, m = make_inputs(LARGE_PLANE)
+    want, want_grad, g = reference_err_and_grad(pred, target, m, 1, dtype=torch.float32)
+    got, got_grad = ours_err_and_grad(pred, target, m, 1, backend, g)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-9)
+    err, err_ref = halo_errors(pred, target, m, ref_pred=ref, backend=backend)
+    torch.testing.assert_close(err_ref, reference.halo_error(ref, target, m), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("skip", [0, 1])
 def test_low_precision_within_twice_eager_error(backend, dtype, skip):
     """Forward and gradient errors against fp64 are at most 2x those of eager PyTorch in `dtype`."""
     _need(backend)
-    pred, _, target, m = make_inputs(dtype=dtype, skip=skip)
+    pred, _, target, m = make_inputs(dtype=dtype, skip=skip, mask="bf16" if dtype == torch.bfloat16 else "fp16")
+    # the kernels get the mask in the step's dtype, as a half-precision training step hands it on
     truth, truth_grad, g = reference_err_and_grad(pred, target, m, skip)
-    eager, eager_grad, _ = reference_err_and_grad(pred, target, m.to(dtype), skip, dtype=dtype)
+    eager, eager_grad, _ = reference_err_and_grad(pred, target, m, skip, dtype=dtype)
     got, got_grad = ours_err_and_grad(pred, target, m, skip, backend, g)
     assert got_grad.dtype == dtype
 

@@ -173,6 +173,31 @@ def test_triton_batch_beyond_the_one_program_fold():
         torch.testing.assert_close(metrics[name], want_metrics[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_triton_fold_over_several_chunks_of_partials(monkeypatch):
+    """The one-program fold reads [B, P] partials in chunks of BLOCK_P = FOLD_TILE / next_pow2(B)
+    columns (at least 16): with the tile at 64 (the same loop as 2048's, fewer interpreted programs)
+    that is 16, so 35 partials per sample take three chunks, for the errors of policy and reference
+    and the IPA and SFT heads alike."""
+    _need("triton")
+    from ipa.kernels import halo
+
+    monkeypatch.setattr(halo, "FOLD_TILE", 64)
+    shape = (3, 5, 7, 3, 5)  # P = C x F x 1 block = 35
+    pred, ref, target, m = make_inputs(shape, seed=6)
+    ref = pred + 0.1 * ref
+    t = timesteps(shape[0])
+    err = reference.halo_error(pred.double(), target.double(), m.double())
+    err_ref = reference.halo_error(ref.double(), target.double(), m.double())
+    loss, metrics = flow_ipa_loss(pred, target, t, m, ref_pred=ref, beta=5.0, backend="triton")
+    want = reference.flow_ipa_loss(pred.double(), target.double(), t.double(), m.double(), ref_pred=ref.double(), beta=5.0)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(metrics["model_error"].double(), err.mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(metrics["reference_error"].double(), err_ref.mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(metrics["ipa_gap"].double(), (err_ref - err).mean(), rtol=1e-4, atol=1e-6)
+    loss, metrics = flow_sft_loss(pred, target, m, backend="triton")
+    torch.testing.assert_close(loss.double(), err.mean(), rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sft_matches_reference(backend):
     _need(backend)
@@ -203,7 +228,16 @@ def test_dpo_matches_reference(backend):
     want.backward()
     torch.testing.assert_close(a.grad.double(), a64.grad, rtol=1e-4, atol=1e-9)
     torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-4, atol=1e-9)
-    assert 0.0 <= metrics["implicit_accuracy"].item() <= 1.0
+    e = {name: reference.halo_error(p.double(), t.double(), mask.double())
+         for name, p, t, mask in (("w", pw, tw, mw), ("l", pl, tl, ml), ("ref_w", rw, tw, mw), ("ref_l", rl, tl, ml))}
+    margin = (e["ref_w"] - e["w"]) - (e["ref_l"] - e["l"])
+    assert (margin > 0).any() and (margin < 0).any()  # both outcomes occur, so accuracy is tested
+    expected = {"reward_margin": margin.mean(), "implicit_accuracy": (margin > 0).double().mean(),
+                "model_error_w": e["w"].mean(), "model_error_l": e["l"].mean(),
+                "reference_error_w": e["ref_w"].mean(), "reference_error_l": e["ref_l"].mean()}
+    assert set(metrics) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(metrics[name].double(), value, rtol=1e-4, atol=1e-6, msg=name)
     # Precomputed reference errors give the same loss.
     ew, el = halo_error(rw, tw, mw, backend=backend), halo_error(rl, tl, ml, backend=backend)
     loss2, _ = flow_dpo_loss(pw, pl, tw, tl, mw, ml, ref_error_w=ew, ref_error_l=el, beta=50.0, backend=backend)

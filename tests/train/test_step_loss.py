@@ -1,0 +1,86 @@
+"""`ipa.train.loop.step_loss`, the trainer's wiring of draws, models and the fused losses, against
+`ipa.ops.reference` fed by inputs built here from the draw definition (x_t = (1 - t) x0 + t noise,
+target = noise - x0, the model at timestep 1000 t). The distributed tests check the runs; at step 0
+the policy equals the reference and the IPA/DPO loss is log 2 whatever the wiring, so this test
+trains nothing and makes the policy differ from the reference first."""
+
+import math
+
+import pytest
+import torch
+
+from ipa import models
+from ipa.data import ShardDataset, collate, synthesize
+from ipa.ops import reference as spec
+from ipa.train.config import load_config
+from ipa.train.loop import step_loss
+
+from .test_distributed import TINY
+
+DRAW = 3
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("step") / "pairs", n=2, with_loser=True)
+
+
+def _setup(pairs, *overrides):
+    cfg = load_config(TINY, [f"data.path={pairs}", "objective.hand_weight=4",
+                             "objective.timestep_sampling=logit-normal", *overrides])
+    base = models.build_transformer("wan-vace", "tiny", dtype=torch.float32, attention_backend="native", seed=0)
+    policy = models.build_transformer("wan-vace", "tiny", dtype=torch.float32, attention_backend="native", seed=0)
+    models.add_lora(policy, rank=4, alpha=4)
+    with torch.no_grad():  # LoRA's B starts at zero: move it, so the policy is not the reference
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    batch = collate([ShardDataset(pairs)[i] for i in range(2)])
+    return cfg, base, policy, batch
+
+
+def _draw(cfg, batch, x0):
+    """noise, t, x_t, target of the batch's draw DRAW, from the per-sample definition."""
+    o = cfg.objective
+    noise, t = zip(*(models.draw_noise_and_t(sid, DRAW, x0.shape[1:], seed=cfg.run.seed,
+                                             sampling=o.timestep_sampling, shift=o.shift,
+                                             logit_mean=o.logit_mean, logit_std=o.logit_std)
+                     for sid in batch["sample_id"]))
+    noise, t = torch.stack(noise), torch.stack(t)
+    tb = t.view(-1, 1, 1, 1, 1)
+    return noise, t, (1 - tb) * x0 + tb * noise, noise - x0
+
+
+def _predict(model, batch, x_t, t):
+    with torch.no_grad():
+        return models.forward(model, "wan-vace", batch, x_t, t).double()
+
+
+@pytest.mark.parametrize("objective", ["ipa", "sft", "dpo"])
+def test_step_loss_is_the_objective_on_the_draw(pairs, objective):
+    cfg, base, policy, batch = _setup(pairs, f"objective.name={objective}", "reference.mode=adapter")
+    o = cfg.objective
+    halo = dict(hand_weight=o.hand_weight, skip_frames=o.skip_frames)
+    noise, t, x_t, target = _draw(cfg, batch, batch["x0"])
+    assert 0 < t.min() and t.max() < 1 and not torch.equal(t[0], t[1])
+    mask = batch["hand_mask"].double()
+    pred = _predict(policy, batch, x_t, t)
+    if objective == "ipa":
+        want = spec.flow_ipa_loss(pred, target.double(), t.double(), mask, ref_pred=_predict(base, batch, x_t, t),
+                                  beta=o.beta, **halo)
+    elif objective == "sft":
+        want = spec.flow_sft_loss(pred, target.double(), mask, **halo)
+    else:  # the loser shares the winner's noise and timestep
+        x0_l = batch["x0_loser"]
+        tb = t.view(-1, 1, 1, 1, 1)
+        x_t_l, target_l = (1 - tb) * x0_l + tb * noise, noise - x0_l
+        want = spec.flow_dpo_loss(pred, _predict(policy, batch, x_t_l, t), target.double(), target_l.double(),
+                                  mask, mask, ref_pred_w=_predict(base, batch, x_t, t),
+                                  ref_pred_l=_predict(base, batch, x_t_l, t), beta=o.beta, **halo)
+    reference = None if objective == "sft" else models.Reference.create("adapter", policy=policy, family="wan-vace")
+    loss, metrics = step_loss(cfg, policy, reference, dict(batch), DRAW)
+    if objective != "sft":
+        assert abs(want.item() - math.log(2)) > 1e-3  # the policy differs from the reference: wiring shows
+    torch.testing.assert_close(loss.double(), want, rtol=1e-4, atol=1e-6)
+    loss.backward()  # and it trains the LoRA
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in policy.named_parameters() if "lora_" in n)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 
 def register(sub):
-    p = sub.add_parser("eval", description="Compare folders of generated videos (files or frame folders, "
-                  "matched by name) with reference videos; write metrics.json, report.md and PNGs to --out.",
-                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "eval", description="Compare folders of generated videos (files or frame folders, matched by name) "
+                            "with reference videos; write metrics.json, report.md and PNGs to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--generated", help="folder of generated videos (one run; named after the folder)")
     p.add_argument("--reference", required=True, help="folder of ground-truth videos")
     p.add_argument("--poses", help="folder of driving-pose keypoints per video (NAME.npy/.npz/.json or NAME/); "

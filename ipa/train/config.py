@@ -333,6 +333,9 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     if cfg.lora.enabled:
         _require(isinstance(cfg.lora.rank, int) and cfg.lora.rank >= 1, "lora.rank", "must be an int >= 1")
         _require(bool(cfg.lora.targets), "lora.targets", "must list at least one module name")
+
+    from ipa.data.shards import read_manifest
+
     m = cfg.reference.mode
     if o.name in ("ipa", "dpo"):
         _require(m != "adapter" or cfg.lora.enabled, "reference.mode",
@@ -342,16 +345,12 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
         _require(m != "precomputed" or cfg.reference.draws > 0, "reference.draws",
                  "must be > 0 with the precomputed reference (the number of stored draws per sample)")
     if o.name == "dpo":
-        from ipa.data.shards import read_manifest
-
         _require(m != "precomputed", "reference.mode", "objective.name=dpo needs copy or adapter: the "
                  "reference predicts the loser latent too, which a precomputed store does not hold")
         lacking = [rec["id"] for rec in read_manifest(d.path)[1] if "x0_loser" not in rec.get("shapes", {})]
         _require(not lacking, "data.path", f"objective.name=dpo needs an 'x0_loser' latent in every sample; "
                  f"{len(lacking)} lack it (first: {lacking[0] if lacking else ''!r})")
     if world_size is not None:
-        from ipa.data.shards import read_manifest
-
         if d.global_batch:
             _require(d.global_batch % (d.micro_batch * world_size) == 0, "data.global_batch",
                      f"{d.global_batch} is not divisible by micro_batch x ranks = {d.micro_batch} x {world_size}")

@@ -70,7 +70,10 @@ class Protocol:
                 raise ValueError(f"sequences: expected a list of names, got {self.sequences!r}")
             self.sequences = list(self.sequences)
         if self.resolution is not None:
-            res = tuple(int(v) for v in self.resolution)
+            try:
+                res = tuple(int(v) for v in self.resolution)
+            except (TypeError, ValueError):
+                res = ()
             if len(res) != 2 or min(res) <= 0:
                 raise ValueError(f"resolution: expected [H, W] with positive sizes, got {self.resolution!r}")
             self.resolution = res
@@ -93,7 +96,10 @@ class Protocol:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"protocol: {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"protocol: {str(path)!r} is not valid YAML ({e})") from None
         if not isinstance(data, dict):
             raise ValueError(f"protocol: {str(path)!r} must hold a mapping of fields")
         return cls.from_dict(data)

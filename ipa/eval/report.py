@@ -151,6 +151,8 @@ def worst_crops_strip(result, out_dir: Path) -> Path | None:
 def write_report(results, info: dict, protocol, out_dir) -> dict:
     """Write metrics.json, report.md and PNGs into out_dir; returns {kind: path(s)}."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out: {str(out_dir)!r} is a file; give a folder for the report")
     out_dir.mkdir(parents=True, exist_ok=True)
     charts = bar_charts(results, out_dir) if len(results) > 1 else []
     strips = [p for p in (worst_crops_strip(r, out_dir) for r in results) if p is not None]

@@ -50,6 +50,13 @@ def hands_from_array(arr, arg: str = "keypoints") -> np.ndarray:
                      f"person, got {k} (shape {list(a.shape)})")
 
 
+def _read_json(path: Path, arg: str):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{arg}: {str(path)!r} is not valid JSON ({e})") from None
+
+
 def openpose_frame_hands(d: dict, arg: str = "keypoints") -> list[np.ndarray]:
     """The hands of one OpenPose-style frame `{"people": [...]}` (left, right per person), [21, 3] each."""
     if not isinstance(d, dict) or "people" not in d:
@@ -90,10 +97,15 @@ def load_keypoints(path, arg: str = "keypoints") -> np.ndarray:
         files = sorted(path.glob("*.json"))
         if not files:
             raise ValueError(f"{arg}: folder {str(path)!r} holds no per-frame .json files")
-        return stack_frames([openpose_frame_hands(json.loads(f.read_text()), f"{arg} ({f.name})") for f in files])
+        return stack_frames([openpose_frame_hands(_read_json(f, arg), f"{arg} ({f.name})") for f in files])
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return hands_from_array(np.load(path), arg)
+        try:
+            return hands_from_array(np.load(path), arg)
+        except ValueError as e:
+            if "allow_pickle" not in str(e):
+                raise
+            raise ValueError(f"{arg}: {str(path)!r} holds Python objects, not a numeric keypoint array") from None
     if suffix == ".npz":
         d = np.load(path)
         if "keypoints" in d:
@@ -102,9 +114,11 @@ def load_keypoints(path, arg: str = "keypoints") -> np.ndarray:
             raise ValueError(f"{arg}: {str(path)!r} must hold a 'keypoints' array or a single array, has {d.files}")
         return hands_from_array(d[d.files[0]], arg)
     if suffix == ".json":
-        data = json.loads(path.read_text())
+        data = _read_json(path, arg)
         if isinstance(data, dict) and "frames" in data:
             data = data["frames"]
+        elif isinstance(data, dict) and "people" in data:  # one OpenPose frame file: a one-frame clip
+            data = [data]
         if isinstance(data, list) and data and isinstance(data[0], dict):
             return stack_frames([openpose_frame_hands(f, arg) for f in data])
         return hands_from_array(np.asarray(data, dtype=np.float64), arg)

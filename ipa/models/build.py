@@ -5,6 +5,7 @@ test configs (tests/models/transformers/test_models_transformer_wan*.py), with o
 below, so CPU tests exercise the real model classes.
 """
 
+import inspect
 import json
 from pathlib import Path
 
@@ -62,12 +63,27 @@ def _from_folder(cls, family, path, dtype):
             subfolder = "transformer"  # a pipeline folder: take its transformer
         else:
             raise ValueError(f"source {str(path)!r} has neither config.json nor transformer/config.json")
-    cfg = json.loads((path / (subfolder or "") / "config.json").read_text())
+    config_path = path / (subfolder or "") / "config.json"
+    try:
+        cfg = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"source: {str(config_path)!r} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"source: {str(config_path)!r} must hold a JSON mapping of config values")
     found = cfg.get("_class_name")
     if found is not None and found != cls.__name__:
         # Loading e.g. a VACE checkpoint as "wan" would silently drop the control branch.
         raise ValueError(f"source {str(path)!r} holds a {found}, but family={family!r} needs {cls.__name__}")
     return cls.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype, local_files_only=True)
+
+
+def _check_config_keys(cls, cfg: dict) -> None:
+    """diffusers ignores unknown keys with a warning and builds the defaults (a full-size model):
+    refuse them instead, so a misspelt key is an error, not minutes of building the wrong model."""
+    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(k for k in cfg if k not in known and not k.startswith("_"))
+    if unknown:
+        raise ValueError(f"source: unknown {cls.__name__} config key(s) {unknown}; known: {sorted(known)}")
 
 
 def _from_config(cls, cfg, seed):
@@ -111,6 +127,7 @@ def build_transformer(family, source, *, dtype, attention_backend="auto", gradie
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if isinstance(source, dict):
+        _check_config_keys(cls, source)
         model = _from_config(cls, source, seed)
     elif source == "tiny":
         model = _from_config(cls, tiny_config(family), seed)

@@ -46,7 +46,17 @@ def run_info(candidates_dir) -> dict:
     path = Path(candidates_dir) / "run.json"
     if not path.is_file():
         raise ValueError(f"--candidates {str(candidates_dir)!r} has no run.json (not written by `ipa generate`?)")
-    return json.loads(path.read_text())
+    info = _read_json(path)
+    if not isinstance(info, dict) or "conditions" not in info:
+        raise ValueError(f"{str(path)!r} names no 'conditions' dataset (not written by `ipa generate`?)")
+    return info
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({e})") from None
 
 
 def load_candidates(candidates_dir) -> list[Candidate]:
@@ -61,8 +71,10 @@ def load_candidates(candidates_dir) -> list[Candidate]:
             if not (folder / name).is_file():
                 raise ValueError(f"candidate folder {str(folder)!r} is missing {name} "
                                  f"(expected {', '.join(CANDIDATE_FILES)}; rerun `ipa generate` to finish it)")
-        meta = json.loads((folder / "meta.json").read_text())
-        found.append(Candidate(folder.parent.name, int(folder.name.split("-", 1)[1]), folder, meta))
+        index = folder.name.split("-", 1)[1]
+        if not index.isdigit():
+            raise ValueError(f"candidate folder {str(folder)!r}: expected cand-<number>")
+        found.append(Candidate(folder.parent.name, int(index), folder, _read_json(folder / "meta.json")))
     if not found:
         raise ValueError(f"--candidates {str(root)!r} holds no candidate folders (<condition>/cand-<k>/)")
     return sorted(found, key=lambda c: (c.condition, c.index))
@@ -78,6 +90,10 @@ def read_selection(path) -> dict:
         raise ValueError(f"selection {str(path)!r} is not valid JSON: {e}") from e
     if not isinstance(sel, dict) or not isinstance(sel.get("candidates"), dict):
         raise ValueError(f"selection {str(path)!r} has no 'candidates' mapping")
+    for key, entry in sel["candidates"].items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"selection {str(path)!r}: entry {key!r} must be a mapping like "
+                             f'{{"auto": true, "human": "good"}}, got {entry!r}')
     return sel
 
 

@@ -9,6 +9,8 @@ def _auto(args):
     from .auto import auto_select
     from .candidates import chosen
 
+    if args.top < 0:
+        raise ValueError(f"--top: must be >= 0 (0: no limit), got {args.top}")
     sel = auto_select(args.candidates, args.out, top=None if args.top == 0 else args.top,
                       threshold=args.threshold, hand_model=args.hand_model)
     print(f"scored {len(sel['candidates'])} candidates, {len(chosen(sel))} chosen; wrote {args.out}")

@@ -8,10 +8,17 @@ import os
 import sys
 
 
+def _processes(text: str) -> int:
+    n = int(text) if text.lstrip("-").isdigit() else -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 (or 0 / omitted: run in this process), got {text!r}")
+    return n
+
+
 def _common(p):
     p.add_argument("--config", required=True, help="run YAML (see configs/)")
     p.add_argument("--output-dir", default=None, help="where everything of the run goes (run.output_dir)")
-    p.add_argument("--nproc", type=int, default=0,
+    p.add_argument("--nproc", type=_processes, default=0,
                    help="start this many local processes with torchrun (default: run in this process, "
                         "or under the launcher that started it)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's latest checkpoint (run.resume)")

@@ -236,7 +236,7 @@ def apply_override(raw: dict, item: str) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {p} is not a section")
+            raise ConfigError(f"{p}: expected a mapping (a section), got {type(node).__name__}")
     node[parts[-1]] = _parse_value(value)
 
 
@@ -248,12 +248,20 @@ def load_config(path=None, overrides=(), output_dir=None, world_size: int | None
     if path:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"--config: {str(p)!r} does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
+            raise ConfigError(f"--config: {str(p)!r} " + ("is a folder, not a YAML file" if p.is_dir() else "does not exist"))
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config: {str(p)!r} is not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config: expected a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
     if output_dir:
-        raw.setdefault("run", {})["output_dir"] = str(output_dir)
+        run = raw.setdefault("run", {})
+        if not isinstance(run, dict):
+            raise ConfigError(f"run: expected a mapping (a section), got {type(run).__name__}")
+        run["output_dir"] = str(output_dir)
     cfg = _build(TrainConfig, raw, "")
     validate(cfg, world_size=world_size)
     return cfg

@@ -22,6 +22,8 @@ def test_yaml_round_trip_and_sampling(tmp_path):
     ("stride: 0\n", "stride: expected an integer >= 1"),
     ("sequences: abc\n", "sequences: expected a list"),
     ("hand_padding: -1\n", "hand_padding"),
+    ("resolution: abc\n", "resolution: expected"),
+    ("stride: [2\n", "protocol: .* is not valid YAML"),
 ])
 def test_bad_protocol(tmp_path, text, match):
     cfg = tmp_path / "p.yaml"

@@ -31,6 +31,11 @@ def test_formats_round_trip_to_the_same_mask(tmp_path):
     frame = {"people": [{"pose_keypoints_2d": [0.0] * 54, "hand_left_keypoints_2d": left.ravel().tolist(),
                          "hand_right_keypoints_2d": right.ravel().tolist()}]}
     (tmp_path / "openpose.json").write_text(json.dumps([frame, frame]))
+    (tmp_path / "one_openpose_frame.json").write_text(json.dumps(frame))  # a single frame file: a 1-frame clip
+    assert len(load_keypoints(tmp_path / "one_openpose_frame.json")) == 1
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="^keypoints: .*broken.json' is not valid JSON"):
+        load_keypoints(tmp_path / "broken.json")
     (tmp_path / "frames").mkdir()
     for t in range(2):
         (tmp_path / "frames" / f"{t:04d}_keypoints.json").write_text(json.dumps(frame))

@@ -90,6 +90,13 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="config.json"):
         build_transformer("wan", str(tmp_path / "empty"), dtype=torch.float32)
+    for text, match in (("{", "is not valid JSON"), ("[1]", "must hold a JSON mapping")):
+        (tmp_path / "empty" / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=f"^source: .*config.json' {match}"):
+            build_transformer("wan", str(tmp_path / "empty"), dtype=torch.float32)
+    # diffusers would ignore a misspelt key and build its full-size default
+    with pytest.raises(ValueError, match=r"^source: unknown WanTransformer3DModel config key\(s\) \['num_layer'\]"):
+        build_transformer("wan", {**tiny_config("wan"), "num_layer": 1}, dtype=torch.float32)
 
 
 def test_model_inputs_validates_batch():

@@ -175,3 +175,21 @@ def test_dpo_needs_loser_latents_and_an_online_reference(data, tmp_path):
     with pytest.raises(ConfigError, match=r"^reference.mode: objective.name=dpo needs copy or adapter"):
         load_config(CONFIGS[0], [f"data.path={pairs}", "objective.name=dpo", "reference.mode=precomputed",
                                  f"reference.store={tmp_path / 'ref.safetensors'}", "reference.draws=1"])
+
+
+def test_config_files_that_are_not_yaml_mappings_are_named(data, tmp_path, capsys):
+    from ipa.cli import main
+
+    cases = {"broken.yaml": ("run: [1\n", r"^--config: .*broken.yaml' is not valid YAML"),
+             "list.yaml": ("- 1\n- 2\n", r"^config: expected a mapping of sections, got list")}
+    for name, (text, match) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_config(tmp_path / name, output_dir=tmp_path / "o")
+    with pytest.raises(ConfigError, match=r"^--config: .* is a folder, not a YAML file"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"^run: expected a mapping \(a section\), got int"):
+        load_config(CONFIGS[0], [f"data.path={data}", "run=3"], output_dir=tmp_path / "o")
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(CONFIGS[0]), "--nproc", "-2", f"data.path={data}"])
+    assert "--nproc: expected an int >= 1" in capsys.readouterr().err

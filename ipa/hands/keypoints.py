@@ -101,11 +101,10 @@ def load_keypoints(path, arg: str = "keypoints") -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
-            return hands_from_array(np.load(path), arg)
-        except ValueError as e:
-            if "allow_pickle" not in str(e):
-                raise
-            raise ValueError(f"{arg}: {str(path)!r} holds Python objects, not a numeric keypoint array") from None
+            arr = np.load(path)
+        except ValueError as e:  # object arrays (pickles) and broken headers
+            raise ValueError(f"{arg}: {str(path)!r} is not a numeric keypoint array ({e})") from None
+        return hands_from_array(arr, arg)
     if suffix == ".npz":
         d = np.load(path)
         if "keypoints" in d:

@@ -9,7 +9,10 @@ import sys
 
 
 def _processes(text: str) -> int:
-    n = int(text) if text.lstrip("-").isdigit() else -1
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected an int >= 1 (or 0 / omitted: run in this process), got {text!r}")
     return n

@@ -234,10 +234,16 @@ def apply_override(raw: dict, item: str) -> None:
     parts = key.strip().split(".")
     node = raw
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{p}: expected a mapping (a section), got {type(node).__name__}")
+        node = _section(node, p)
     node[parts[-1]] = _parse_value(value)
+
+
+def _section(node: dict, name: str) -> dict:
+    """`node[name]`, created empty if absent; ConfigError when it is not a mapping."""
+    sub = node.setdefault(name, {})
+    if not isinstance(sub, dict):
+        raise ConfigError(f"{name}: expected a mapping (a section), got {type(sub).__name__}")
+    return sub
 
 
 def load_config(path=None, overrides=(), output_dir=None, world_size: int | None = None) -> TrainConfig:
@@ -258,10 +264,7 @@ def load_config(path=None, overrides=(), output_dir=None, world_size: int | None
     for item in overrides:
         apply_override(raw, item)
     if output_dir:
-        run = raw.setdefault("run", {})
-        if not isinstance(run, dict):
-            raise ConfigError(f"run: expected a mapping (a section), got {type(run).__name__}")
-        run["output_dir"] = str(output_dir)
+        _section(raw, "run")["output_dir"] = str(output_dir)
     cfg = _build(TrainConfig, raw, "")
     validate(cfg, world_size=world_size)
     return cfg
@@ -325,8 +328,10 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     _require(bool(d.path), "data.path", "is required (a dataset folder; `ipa data synth` makes one)")
     _require((Path(d.path) / "manifest.jsonl").is_file(), "data.path",
              f"{d.path!r} is not a dataset folder (no manifest.jsonl)")
-    info = Path(d.path) / "dataset.json"
-    family = json.loads(info.read_text()).get("family") if info.is_file() else None
+    from ipa.data.shards import read_manifest
+
+    info, records = read_manifest(d.path)  # read once: family, DPO pairs and the sample count below
+    family = info.get("family")
     _require(family in (None, cfg.model.family), "data.path",
              f"{d.path!r} holds {family} samples, but model.family is {cfg.model.family!r}")
     for key in ("micro_batch", "grad_accum"):
@@ -341,9 +346,6 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     if cfg.lora.enabled:
         _require(isinstance(cfg.lora.rank, int) and cfg.lora.rank >= 1, "lora.rank", "must be an int >= 1")
         _require(bool(cfg.lora.targets), "lora.targets", "must list at least one module name")
-
-    from ipa.data.shards import read_manifest
-
     m = cfg.reference.mode
     if o.name in ("ipa", "dpo"):
         _require(m != "adapter" or cfg.lora.enabled, "reference.mode",
@@ -355,7 +357,7 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     if o.name == "dpo":
         _require(m != "precomputed", "reference.mode", "objective.name=dpo needs copy or adapter: the "
                  "reference predicts the loser latent too, which a precomputed store does not hold")
-        lacking = [rec["id"] for rec in read_manifest(d.path)[1] if "x0_loser" not in rec.get("shapes", {})]
+        lacking = [rec["id"] for rec in records if "x0_loser" not in rec.get("shapes", {})]
         _require(not lacking, "data.path", f"objective.name=dpo needs an 'x0_loser' latent in every sample; "
                  f"{len(lacking)} lack it (first: {lacking[0] if lacking else ''!r})")
     if world_size is not None:
@@ -364,7 +366,7 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
                      f"{d.global_batch} is not divisible by micro_batch x ranks = {d.micro_batch} x {world_size}")
             d.grad_accum = d.global_batch // (d.micro_batch * world_size)
 
-        n = len(read_manifest(d.path)[1])
+        n = len(records)
         per_step = d.micro_batch * world_size
         _require(n >= per_step, "data.micro_batch",
                  f"{n} samples cannot fill one global batch of {d.micro_batch} x {world_size} ranks")

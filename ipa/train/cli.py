@@ -8,20 +8,25 @@ import os
 import sys
 
 
-def _processes(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1 (or 0 / omitted: run in this process), got {text!r}")
-    return n
+def _int_at_least(low: int, expected: str = ""):
+    """An argparse type: an int >= `low`, else a message saying what was `expected`."""
+    expected = expected or f"an int >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return n
+    return parse
 
 
 def _common(p):
     p.add_argument("--config", required=True, help="run YAML (see configs/)")
     p.add_argument("--output-dir", default=None, help="where everything of the run goes (run.output_dir)")
-    p.add_argument("--nproc", type=_processes, default=0,
+    p.add_argument("--nproc", type=_int_at_least(0, "an int >= 1 (or 0 / omitted: run in this process)"), default=0,
                    help="start this many local processes with torchrun (default: run in this process, "
                         "or under the launcher that started it)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's latest checkpoint (run.resume)")
@@ -97,13 +102,20 @@ def run_precompute(args, argv=None):
         args.draws = cfg.reference.draws
         if args.draws < 1:
             raise ValueError("--draws: give the number of draws per sample (or set reference.draws in the config)")
+    from .precompute import check_resumable, precompute
+
     if args.nproc and "RANK" not in os.environ:
+        check_resumable(cfg, args.draws, args.out)  # one clear error here, not one per rank
         return _relaunch(args, ["ipa.train.precompute_main",
                                 *_argv_without_nproc(argv if argv is not None else sys.argv[2:])])
-    from .precompute import precompute
-
-    precompute(cfg, args.draws, args.out)
+    precompute(cfg, args.draws, args.out, save_every=args.save_every)
     return 0
+
+
+def _save_every(p):
+    p.add_argument("--save-every", type=_int_at_least(1), default=50, metavar="N",
+                   help="write the samples done so far to OUT.partial every N samples per rank (default 50); "
+                        "a rerun with the same settings resumes from it")
 
 
 def register(sub):
@@ -115,6 +127,7 @@ def register(sub):
     p.add_argument("--draws", type=int, default=None,
                    help="draws per sample (default: reference.draws of the config; train with reference.draws=K)")
     p.add_argument("--out", default=None, help="store path (default reference.store or OUTPUT/reference_errors.safetensors)")
+    _save_every(p)
     p.set_defaults(func=lambda a: run_precompute(a, sys.argv[2:]))
 
 
@@ -125,5 +138,6 @@ def module_main(kind, argv=None):
     if kind == "precompute":
         parser.add_argument("--draws", type=int, default=None)
         parser.add_argument("--out", default=None)
+        _save_every(parser)
     args = parser.parse_args(argv)
     return (run_precompute if kind == "precompute" else run_train)(args, argv)

@@ -4,10 +4,15 @@ so that training holds no reference model (reference.mode = precomputed).
 Every rank evaluates its share of the samples (the pretrained model under the run's ZeRO stage);
 rank 0 gathers the errors and writes the store. Training with `reference.draws = K` regenerates
 exactly these (noise, t) draws (`ipa.models.flow_draw`).
+
+A pass over a real dataset takes hours, so every `save_every` rounds rank 0 writes the samples
+finished so far to `<out>.partial` (atomically); a rerun with the same settings skips them, and a
+rerun with other settings is refused before any forward, naming the setting.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -22,14 +27,23 @@ from .config import TrainConfig, validate
 from .loop import flow_inputs, init_distributed, to_device
 
 
-def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
+def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int = 50) -> Path:
     if not (isinstance(draws, int) and draws >= 1):
         raise ValueError(f"--draws must be an int >= 1, got {draws!r}")
+    if not (isinstance(save_every, int) and save_every >= 1):
+        raise ValueError(f"--save-every must be an int >= 1 (rounds of one sample per rank), got {save_every!r}")
     device = init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     validate(cfg, world_size=None)
-    out_path = Path(out_path or cfg.reference.store or Path(cfg.run.output_dir) / "reference_errors.safetensors")
+    out_path = store_path(cfg, out_path)
+    partial_path = _partial_path(out_path)
     dataset = ShardDataset(cfg.data.path)
+    store = new_store(cfg, draws)
+    done = _agreed_done_samples(store, partial_path, rank)
+    todo = [i for i, rec in enumerate(dataset.records) if rec["id"] not in done]
+    if rank == 0 and done:
+        print(f"resuming from {partial_path}: {len(dataset) - len(todo)} of {len(dataset)} samples done")
+
     conf = engines.deepspeed_config(cfg, world, stage=cfg.deepspeed.zero_stage if cfg.deepspeed.zero_stage == 3 else 0,
                                     inference=True)
     model = engines._build_model(cfg, device, conf, zero3=conf["zero_optimization"]["stage"] == 3)
@@ -37,18 +51,18 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
     import deepspeed
 
     engine, *_ = deepspeed.initialize(model=model, config=conf)
-    o = cfg.objective
-    mine = list(range(rank, len(dataset), world))
+    dtype, o = engines.compute_dtype(cfg), cfg.objective
+    mine = todo[rank::world]
     # Under ZeRO-3 every rank must run the same number of forwards (parameters are gathered
-    # collectively), so ranks with fewer samples repeat their last one and drop the result.
-    rounds = -(-len(dataset) // world)
+    # collectively), so a rank with fewer samples repeats its last one (or, with none left, the
+    # dataset's first) and drops the result.
+    padded = mine or [0]
+    rounds = -(-len(todo) // world)
     rows = []
     from tqdm.auto import tqdm
 
-    dtype = engines.compute_dtype(cfg)
     for r in tqdm(range(rounds), desc="reference errors", disable=rank != 0):
-        i = mine[min(r, len(mine) - 1)]
-        batch = to_device(collate([dataset[i]]), device, dtype)
+        batch = to_device(collate([dataset[padded[min(r, len(padded) - 1)]]]), device, dtype)
         for d in range(draws):
             draw = flow_inputs(cfg, batch, d)
             with torch.no_grad():
@@ -57,22 +71,98 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None) -> Path:
                                  skip_frames=o.skip_frames)
             if r < len(mine):
                 rows.append((batch["sample_id"][0], d, float(draw["t"][0]), float(err[0])))
-    gathered = [None] * world
-    dist.all_gather_object(gathered, rows)
+        last = r == rounds - 1
+        if last or (r + 1) % save_every == 0:
+            _gather_into(store, rows, rank, world)
+            rows = []
+            if rank == 0:
+                _atomic_save(store, out_path if last else partial_path)
     if rank == 0:
-        store = models.ReferenceStore(draws, seed=cfg.run.seed, sampling=o.timestep_sampling, shift=o.shift,
-                                      family=cfg.model.family, hand_weight=o.hand_weight, skip_frames=o.skip_frames,
-                                      logit_mean=o.logit_mean, logit_std=o.logit_std, source=str(cfg.model.source),
-                                      compute_dtype=_dtype_name(dtype))
-        for part in gathered:
-            for sid, d, t, e in part:
-                store.add(sid, d, t, e)
-        part_path = out_path.with_name(out_path.name + ".part")
-        store.save(part_path)
-        part_path.replace(out_path)
+        if rounds == 0:  # everything was in the partial store already
+            _atomic_save(store, out_path)
+        partial_path.unlink(missing_ok=True)
         print(f"wrote {len(store)} samples x {draws} draws of reference errors to {out_path}")
     dist.barrier()
     return out_path
+
+
+def store_path(cfg: TrainConfig, out_path=None) -> Path:
+    """Where the store goes: --out, else reference.store, else OUTPUT/reference_errors.safetensors."""
+    return Path(out_path or cfg.reference.store or Path(cfg.run.output_dir) / "reference_errors.safetensors")
+
+
+def new_store(cfg: TrainConfig, draws: int):
+    """An empty store carrying the settings that determine its errors."""
+    o = cfg.objective
+    return models.ReferenceStore(draws, seed=cfg.run.seed, sampling=o.timestep_sampling, shift=o.shift,
+                                 family=cfg.model.family, hand_weight=o.hand_weight, skip_frames=o.skip_frames,
+                                 logit_mean=o.logit_mean, logit_std=o.logit_std, source=str(cfg.model.source),
+                                 compute_dtype=_dtype_name(engines.compute_dtype(cfg)))
+
+
+def check_resumable(cfg: TrainConfig, draws: int, out_path=None) -> None:
+    """Before launching ranks: refuse a partial store of other settings (rank 0 checks again)."""
+    _resume(new_store(cfg, draws), _partial_path(store_path(cfg, out_path)))
+
+
+def _partial_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".partial")
+
+
+def _agreed_done_samples(store, partial_path: Path, rank: int) -> set[str]:
+    """Rank 0 reads the partial store and tells every rank what is done (or why it cannot resume),
+    so all ranks agree on the work left, or raise together, without needing shared storage."""
+    verdict = [None]
+    if rank == 0:
+        try:
+            verdict[0] = ("ok", _resume(store, partial_path))
+        except ValueError as e:
+            verdict[0] = ("error", str(e))
+    dist.broadcast_object_list(verdict, src=0)
+    status, payload = verdict[0]
+    if status == "error":
+        raise ValueError(payload)
+    return set(payload)
+
+
+def _resume(store, partial_path: Path) -> list[str]:
+    """Load the samples of an earlier, interrupted pass into `store`; their ids. ValueError if the
+    partial store was made with other settings (its errors would not be this run's)."""
+    if not partial_path.is_file():
+        return []
+    try:
+        partial = models.ReferenceStore.load(partial_path)
+    except Exception as e:  # a foreign or damaged file: say so rather than overwrite it
+        raise ValueError(f"{str(partial_path)!r}: not a readable partial reference store ({e}); "
+                         "delete it to start over") from e
+    theirs, ours = {"n_draws": partial.n_draws, **partial.meta}, {"n_draws": store.n_draws, **store.meta}
+    differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    if differ:
+        what = ", ".join(f"{_SETTING_NAMES.get(k, k)}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+        raise ValueError(f"{str(partial_path)!r} holds an interrupted pass made with other settings ({what}); "
+                         "rerun with its settings to finish it, or delete it to start over")
+    for sid in partial.sample_ids():
+        err, t = partial.lookup([sid] * partial.n_draws, range(partial.n_draws))
+        for d in range(partial.n_draws):
+            store.add(sid, d, t[d], err[d])
+    return partial.sample_ids()
+
+
+def _gather_into(store, rows, rank: int, world: int) -> None:
+    """All ranks' finished rows into rank 0's `store` (a collective: every rank calls it)."""
+    gathered = [None] * world
+    dist.all_gather_object(gathered, rows)
+    if rank == 0:
+        for part in gathered:
+            for sid, d, t, e in part:
+                store.add(sid, d, t, e)
+
+
+def _atomic_save(store, path: Path) -> None:
+    """Write next to `path`, then rename over it: a kill mid-write leaves the previous file whole."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    store.save(tmp)
+    tmp.replace(path)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -84,6 +174,9 @@ _STORE_KEYS = {"run.seed": "seed", "objective.timestep_sampling": "sampling", "o
                "model.family": "family", "objective.hand_weight": "hand_weight",
                "objective.skip_frames": "skip_frames", "objective.logit_mean": "logit_mean",
                "objective.logit_std": "logit_std"}
+# store metadata key -> what the user sets, for the resume error
+_SETTING_NAMES = {**{meta: key for key, meta in _STORE_KEYS.items()}, "n_draws": "--draws",
+                  "source": "model.source", "compute_dtype": "model.dtype / deepspeed.bf16"}
 
 
 def check_store(cfg: TrainConfig, store, sample_ids) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ipa.data import synthesize
+from ipa.models import ReferenceStore
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -138,12 +139,42 @@ def test_kill_in_the_middle_of_a_save_resumes_from_the_previous_checkpoint(zero2
     assert losses(out) == losses(zero2_adapter)
 
 
+# One process of `ipa precompute-reference` that dies (no cleanup, as under SIGKILL) in its 15th
+# forward: with 2 draws and --save-every 7, after the partial store of samples 1-7 was written.
+KILLED_PRECOMPUTE = """
+import os, sys
+import ipa.models
+from ipa.train.cli import module_main
+
+forward, calls = ipa.models.forward, []
+def dying_forward(*args):
+    calls.append(1)
+    if len(calls) == 15:
+        os._exit(9)
+    return forward(*args)
+ipa.models.forward = dying_forward
+sys.exit(module_main("precompute", sys.argv[1:]))
+"""
+
+
 def test_precomputed_reference_matches_online_copy(data, tmp_path):
     store = tmp_path / "ref.safetensors"
+    partial = tmp_path / "ref.safetensors.partial"
     precomputed = ("reference.mode=precomputed", f"reference.store={store}", "reference.draws=2")
     # The training run's own settings: --draws and --out default to reference.draws / reference.store.
-    ipa("precompute-reference", "--config", TINY, "--nproc", "2", "--output-dir", str(tmp_path / "pre"),
-        f"data.path={data}", *precomputed)
+    args = ("--config", TINY, "--output-dir", str(tmp_path / "pre"), f"data.path={data}", *precomputed)
+    killed = subprocess.run([sys.executable, "-c", KILLED_PRECOMPUTE, *args, "--save-every", "7"],
+                            capture_output=True, text=True, timeout=240, start_new_session=True, check=False)
+    assert killed.returncode == 9, killed.stderr[-3000:]
+    assert not store.exists() and len(ReferenceStore.load(partial)) == 7
+    # A rerun with other draw settings is refused before any rank starts, keeping the file.
+    other = ipa("precompute-reference", "--nproc", "2", *args, "run.seed=5", check=False)
+    assert other.returncode == 2 and "run.seed: 0 there, 5 here" in other.stderr and partial.is_file()
+    # Two ranks finish what one began, under ZeRO-3: the one sample left, while the rank with none
+    # joins the collective forwards on a sample it drops.
+    done = ipa("precompute-reference", "--nproc", "2", *args, "deepspeed.zero_stage=3")
+    assert "7 of 8 samples done" in done.stdout and not partial.exists()
+    assert len(ReferenceStore.load(store)) == 8
     common = ("run.steps=3", "reference.draws=2", "run.export=false")
     train(tmp_path / "pre_run", data, *precomputed, *common)
     train(tmp_path / "copy_run", data, "reference.mode=copy", *common)

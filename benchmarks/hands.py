@@ -16,7 +16,7 @@ import torch
 
 from ipa.hands import hand_masks, latent_mask, parse_size
 
-from .common import RESULTS, device_name, print_table, versions, write_csv
+from .common import RESULTS, bounded, device_name, print_table, versions, write_csv
 
 
 def synthetic_clip_keypoints(frames, height, width, seed=0):
@@ -40,10 +40,11 @@ def best_of(fn, reps):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="ipa bench hands", description=__doc__.split("\n\n")[0])
-    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--frames", type=bounded(int, 1), default=81)
     p.add_argument("--size", default="480x832")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--detect-frames", type=int, default=32, help="frames for MediaPipe throughput (0: skip)")
+    p.add_argument("--reps", type=bounded(int, 1), default=5)
+    p.add_argument("--detect-frames", type=bounded(int, 0), default=32,
+                   help="frames for MediaPipe throughput (0: skip)")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     H, W = parse_size(args.size)

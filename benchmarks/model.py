@@ -34,8 +34,8 @@ from ipa.models import (Reference, add_lora, adapters_disabled, available_backen
 from ipa.models.attention import DIFFUSERS_NAMES
 from ipa.ops import flow_ipa_loss, flow_sft_loss
 
-from .common import (RESULTS, device_name, device_slug, peak_extra_bytes, print_table, time_side_by_side,
-                     versions, write_csv)
+from .common import (RESULTS, bounded, device_name, device_slug, peak_extra_bytes, print_table,
+                     time_side_by_side, versions, write_csv)
 
 MODES = ("sft", "ipa-copy", "ipa-adapter", "ipa-precomputed")
 SEED = 0
@@ -256,12 +256,12 @@ def main(argv=None):
     p.add_argument("--family", default="wan-vace", choices=["wan-vace", "wan", "wan-animate"])
     p.add_argument("--backends", nargs="+", default=None, help="attention backends (default: all that can run)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="tiny models' dtype")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--frames", type=int, default=5, help="latent frames (tiny models)")
-    p.add_argument("--size", type=int, default=16, help="latent height = width (tiny models)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16 tiny, 128 block)")
-    p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per mode")
-    p.add_argument("--min-reps", type=int, default=10)
+    p.add_argument("--batch-size", type=bounded(int, 1), default=2)
+    p.add_argument("--frames", type=bounded(int, 1), default=5, help="latent frames (tiny models)")
+    p.add_argument("--size", type=bounded(int, 1), default=16, help="latent height = width (tiny models)")
+    p.add_argument("--rank", type=bounded(int, 1), default=None, help="LoRA rank (default 16 tiny, 128 block)")
+    p.add_argument("--budget", type=bounded(float, 0), default=3.0, help="seconds of timing per mode")
+    p.add_argument("--min-reps", type=bounded(int, 1), default=10)
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     if args.quick:

@@ -26,7 +26,7 @@ import torch
 
 from ipa.ops import flow_ipa_loss, reference
 
-from .common import (RESULTS, copy_bandwidth, device_name, device_slug, graph_replayer, peak_extra_bytes,
+from .common import (RESULTS, bounded, copy_bandwidth, device_name, device_slug, graph_replayer, peak_extra_bytes,
                      print_table, time_side_by_side, versions, write_csv)
 
 SIZES = {  # name: (B, C, F, H, W) latents; Wan VAE: 8x space, 4x time (81 frames -> 21)
@@ -191,10 +191,11 @@ def main(argv=None):
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     p.add_argument("--mask", choices=MASKS, default="latents",
                    help="hand mask dtype: the latents' or bool")
-    p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per implementation")
-    p.add_argument("--min-reps", type=int, default=5)
-    p.add_argument("--rotate-mb", type=float, default=512, help="rotate input sets totalling this size")
-    p.add_argument("--max-sets", type=int, default=8)
+    p.add_argument("--budget", type=bounded(float, 0), default=2.0, help="seconds of timing per implementation")
+    p.add_argument("--min-reps", type=bounded(int, 1), default=5)
+    p.add_argument("--rotate-mb", type=bounded(float, 0, strict=True), default=512,
+                   help="rotate input sets totalling this size")
+    p.add_argument("--max-sets", type=bounded(int, 1), default=8)
     p.add_argument("--no-graphs", dest="graphs", action="store_false",
                    help="on CUDA, time calls (host dispatch included) instead of CUDA-graph replays")
     p.add_argument("--out-dir", default=str(RESULTS))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .common import RESULTS, device_name, device_slug, print_table, versions, write_csv
+from .common import RESULTS, bounded, device_name, device_slug, print_table, versions, write_csv
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml"
 VARIANTS = [  # (name, overrides)
@@ -57,10 +57,10 @@ def run(variant, overrides, data, store, steps, nproc, workdir):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="ipa bench train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--nproc", type=int, default=None,
+    p.add_argument("--steps", type=bounded(int, 1), default=20)
+    p.add_argument("--nproc", type=bounded(int, 1), default=None,
                    help="ranks (default 2; on CUDA at most one per GPU)")
-    p.add_argument("--repeats", type=int, default=2, help="round-robin passes; each variant keeps its best")
+    p.add_argument("--repeats", type=bounded(int, 1), default=2, help="round-robin passes; each variant keeps its best")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     from ipa.data import synthesize

@@ -23,7 +23,7 @@ def _check(args):
     ds = ShardDataset(args.path, verify=True)
     for i in tqdm(range(len(ds)), desc="verifying", unit="sample"):
         ds[i]
-    print(f"{args.path}: {len(ds)} samples, all checksums match")
+    print(f"{args.path}: {len(ds)} samples, all checksums, shapes and dtypes match the manifest")
 
 
 def register_synth(ds):

@@ -47,11 +47,22 @@ class ShardDataset(torch.utils.data.Dataset):
             sample = {k: f.get_tensor(f"{rec['id']}/{k}") for k in rec["shapes"]}
         except Exception as e:
             raise ShardError(f"shard {self.path / rec['shard']}: cannot read sample {rec['id']!r}: {e}") from e
+        if self.verify:
+            self._check_declared(rec, sample)
         if self.verify and sample_checksum(sample) != rec["sha256"]:
             raise ShardError(f"shard {self.path / rec['shard']}: sample {rec['id']!r} does not match its "
                              "manifest checksum (corrupt shard)")
         sample["sample_id"] = rec["id"]
         return sample
+
+    def _check_declared(self, rec, sample):
+        """The manifest's shapes and dtypes are what `ipa train` plans with: they must be the data's."""
+        for k, t in sample.items():
+            shape, dtype = list(t.shape), str(t.dtype).removeprefix("torch.")
+            declared = (rec["shapes"][k], rec.get("dtypes", {}).get(k, dtype))
+            if (shape, dtype) != tuple(declared):
+                raise ShardError(f"{str(self.path / 'manifest.jsonl')!r}: sample {rec['id']!r} declares {k} "
+                                 f"{declared[0]} {declared[1]}, its shard holds {shape} {dtype}")
 
     def __getstate__(self):  # DataLoader workers reopen shards themselves
         return {**self.__dict__, "_handles": {}}

@@ -53,12 +53,35 @@ def write_preview(path, frames, pixel_masks, kps, fps):
     print(f"preview: {path}")
 
 
+def _check_picture_path(flag, path):
+    suffixes = media.IMAGE_SUFFIXES + media.VIDEO_SUFFIXES
+    if Path(path).suffix.lower() not in suffixes:
+        raise ValueError(f"{flag}: expected an image or video path ({', '.join(suffixes)}), got {str(path)!r}")
+
+
+def _check_output_args(args):
+    """Refuse, before any work, flags that would silently give empty masks or an odd file."""
+    if Path(args.out).suffix.lower() != ".npz":
+        raise ValueError(f"--out: mask files are .npz, got {args.out!r}")
+    if args.preview is not None:
+        _check_picture_path("--preview", args.preview)
+    if getattr(args, "fps", 1.0) <= 0:
+        raise ValueError(f"--fps: must be > 0, got {args.fps}")
+    if not 0 <= getattr(args, "min_confidence", 0.0) <= 1:
+        raise ValueError(f"--min-confidence: keypoint confidences are in [0, 1], got {args.min_confidence}")
+    if not 1 <= getattr(args, "min_points", 1) <= 21:
+        raise ValueError(f"--min-points: a hand has 21 keypoints, expected 1..21, got {args.min_points}")
+    if getattr(args, "max_hands", 1) < 1:
+        raise ValueError(f"--max-hands: must be >= 1, got {args.max_hands}")
+
+
 def cmd_model(args):
     path = detector.build_model_bundle(args.out, wheel=args.wheel)
     print(f"hand model bundle: {path}")
 
 
 def cmd_detect(args):
+    _check_output_args(args)
     frames, fps = load_frames(args.input)
     with detector.HandDetector(args.model, max_hands=args.max_hands) as det:
         found = [det.detect(frames[0])] if len(frames) == 1 else det.detect_video(frames, fps=fps, progress=True)
@@ -74,6 +97,7 @@ def cmd_detect(args):
 
 
 def cmd_from_keypoints(args):
+    _check_output_args(args)
     kps = keypoints.load_keypoints(args.keypoints, arg="KEYPOINTS")
     size = masks.parse_size(args.size)
     pixel = masks.hand_masks(kps, size, shape=args.shape, margin=args.margin,
@@ -87,6 +111,7 @@ def cmd_from_keypoints(args):
 
 
 def cmd_preview(args):
+    _check_picture_path("--out", args.out)
     frames, fps = load_frames(args.input)
     with np.load(args.masks) as data:
         pixel, kps = data["pixel_masks"], data["keypoints"]

@@ -360,6 +360,14 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
         lacking = [rec["id"] for rec in records if "x0_loser" not in rec.get("shapes", {})]
         _require(not lacking, "data.path", f"objective.name=dpo needs an 'x0_loser' latent in every sample; "
                  f"{len(lacking)} lack it (first: {lacking[0] if lacking else ''!r})")
+    if isinstance(d.micro_batch, int) and d.micro_batch > 1:  # collate stacks a micro batch: one shape per key
+        first = {}  # shapes -> the first sample with them
+        for rec in records:
+            first.setdefault(json.dumps(rec.get("shapes", {}), sort_keys=True), rec["id"])
+        _require(len(first) == 1, "data.micro_batch",
+                 f"{d.micro_batch} stacks samples, but {d.path!r} holds samples of {len(first)} different shapes "
+                 f"({'; '.join(f'{sid!r}: {shapes}' for shapes, sid in list(first.items())[:2])}); use "
+                 "data.micro_batch=1 or one resolution and length per dataset")
     if world_size is not None:
         if d.global_batch:
             _require(d.global_batch % (d.micro_batch * world_size) == 0, "data.global_batch",

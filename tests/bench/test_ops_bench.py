@@ -31,3 +31,4 @@ def test_ops_bench_writes_rows_for_every_implementation(device, tmp_path, monkey
         assert float(r["median_ms"]) > 0 and float(r["call_ms"]) > 0 and int(r["reps"]) >= 2
         assert float(r["grad_rel_err_vs_eager"]) < (1e-2 if r["dtype"] == "bf16" else 1e-5)
     assert (tmp_path / f"{stem}.png").stat().st_size > 0
+

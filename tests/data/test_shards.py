@@ -1,5 +1,6 @@
 """The shard dataset format: round trip, verification, corrupt files named, resumable sampler."""
 
+import json
 
 import pytest
 import torch
@@ -110,3 +111,19 @@ def test_synth_batches_feed_the_model(family, tmp_path):
     with torch.no_grad():
         out = models.forward(model, family, batch, d["noisy"], d["t"])
     assert out.shape == d["target"].shape and torch.isfinite(out).all()
+
+
+def test_manifest_shapes_and_dtypes_must_be_the_datas(tmp_path):
+    # The checksum covers the tensors, not the manifest's declarations, which training plans with.
+    out = _dataset(tmp_path)
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    rec = json.loads(lines[2])
+    rec["shapes"]["x0"][-1] += 1
+    lines[2] = json.dumps(rec)
+    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    ds = ShardDataset(out)
+    ds[1]
+    with pytest.raises(ShardError, match=r"manifest.jsonl'?: sample 'synth-0-00002' declares x0 \[16, 3, 8, 9\] "
+                                         r"float32, its shard holds \[16, 3, 8, 8\] float32"):
+        ds[2]
+    assert ShardDataset(out, verify=False)[2]["x0"].shape == (16, 3, 8, 8)

@@ -49,3 +49,33 @@ def test_cli_errors_name_the_argument(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((3, 50, 3)))
     with pytest.raises(ValueError, match="KEYPOINTS: expected 133"):
         main(["hands", "from-keypoints", str(tmp_path / "bad.npy"), "--size", "64x64", "--out", str(tmp_path / "m.npz")])
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--out", "{tmp}/m.txt"], r"^--out: mask files are .npz, got '.*m.txt'"),
+    (["--preview", "{tmp}/p.txt"], r"^--preview: expected an image or video path \(.png, .*\.mp4.*\), got '.*p.txt'"),
+    (["--fps", "0"], r"^--fps: must be > 0, got 0.0"),
+    (["--min-confidence", "5"], r"^--min-confidence: keypoint confidences are in \[0, 1\], got 5.0"),
+    (["--min-confidence", "-0.1"], r"^--min-confidence: .* got -0.1"),
+    (["--min-points", "0"], r"^--min-points: a hand has 21 keypoints, expected 1..21, got 0"),
+    (["--min-points", "22"], r"^--min-points: .* got 22"),
+])
+def test_from_keypoints_refuses_flags_that_would_give_empty_masks_or_odd_files(tmp_path, flags, match):
+    (tmp_path / "kp.json").write_text(json.dumps([{"people": [{"hand_right_keypoints_2d":
+                                                               one_hand(40, 32, scale=12).ravel().tolist()}]}]))
+    flags = [f.format(tmp=tmp_path) for f in flags]  # after the default --out: argparse keeps the last
+    with pytest.raises(ValueError, match=match):
+        main(["hands", "from-keypoints", str(tmp_path / "kp.json"), "--size", "64x96",
+              "--out", str(tmp_path / "m.npz"), *flags])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kp.json"]  # refused before writing anything
+
+
+def test_detect_and_preview_refuse_odd_output_paths(tmp_path):
+    # Checked before the input is read or the model loaded: the input need not exist.
+    with pytest.raises(ValueError, match=r"^--max-hands: must be >= 1, got 0"):
+        main(["hands", "detect", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "m.npz"), "--max-hands", "0"])
+    with pytest.raises(ValueError, match=r"^--out: mask files are .npz"):
+        main(["hands", "detect", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "m")])
+    with pytest.raises(ValueError, match=r"^--out: expected an image or video path"):
+        main(["hands", "preview", str(tmp_path / "clip.mp4"), "--masks", str(tmp_path / "m.npz"),
+              "--out", str(tmp_path / "p.npz")])

@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from ipa.data import synthesize
+from ipa.data import ShardWriter, synthesize
 from ipa.train.config import ConfigError, load_config, validate
 
 CONFIGS = [p for p in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
@@ -193,3 +194,16 @@ def test_config_files_that_are_not_yaml_mappings_are_named(data, tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["train", "--config", str(CONFIGS[0]), "--nproc", "-2", f"data.path={data}"])
     assert "--nproc: expected an int >= 1" in capsys.readouterr().err
+
+
+def test_micro_batches_over_samples_of_mixed_shapes_are_refused(tmp_path):
+    # Two resolutions in one dataset: collate would fail at the first mixed micro batch, mid-run.
+    with ShardWriter(tmp_path / "mixed", family="wan-vace") as writer:
+        for i, width in enumerate((8, 8, 16, 16)):
+            writer.add(f"s{i}", {"x0": torch.zeros(16, 3, 8, width)})
+    overrides = [f"data.path={tmp_path / 'mixed'}", "data.global_batch=0", "data.grad_accum=1"]
+    with pytest.raises(ConfigError, match=r"^data.micro_batch: 2 stacks samples, but .* holds samples of 2 different "
+                                          r"shapes \('s0': .*\[16, 3, 8, 8\].*; 's2': .*\[16, 3, 8, 16\].*\); use "
+                                          r"data.micro_batch=1"):
+        load_config(CONFIGS[0], [*overrides, "data.micro_batch=2"], world_size=1)
+    assert load_config(CONFIGS[0], [*overrides, "data.micro_batch=1"], world_size=1).data.micro_batch == 1

@@ -61,7 +61,9 @@ def flow_draw(batch, *, seed, sampling="uniform", shift=1.0, draws=None, **sampl
 
     Uses ``batch["sample_id"]`` and ``batch["draw"]`` (or `draws`, a list/tensor of ints) and
     ``batch["x0"]``. Returns a dict: ``noise``, ``t`` [B] (float32), ``noisy`` = (1 - t) x0 + t noise
-    and ``target`` = noise - x0, all on x0's device, noisy/target/noise in x0's dtype.
+    and ``target`` = noise - x0, all on x0's device, noisy/target/noise in x0's dtype; with
+    ``batch["x0_loser"]`` (DPO pairs) also ``noisy_loser`` and ``target_loser`` under the same
+    noise and t.
     """
     x0 = batch["x0"]
     ids = list(batch["sample_id"])
@@ -76,68 +78,89 @@ def flow_draw(batch, *, seed, sampling="uniform", shift=1.0, draws=None, **sampl
              for i, d in zip(ids, draws)]
     noise = torch.stack([p[0] for p in pairs]).to(x0.device)
     t = torch.stack([p[1] for p in pairs]).to(x0.device)
+    out = {"noise": noise.to(x0.dtype), "t": t, **_flow_inputs(x0, noise, t)}
+    if "x0_loser" in batch:  # DPO's loser: the same noise and t as its winner
+        loser = _flow_inputs(batch["x0_loser"], noise, t)
+        out.update(noisy_loser=loser["noisy"], target_loser=loser["target"])
+    return out
+
+
+def _flow_inputs(x0, noise, t):
+    """noisy = (1 - t) x0 + t noise, target = noise - x0; in fp32 from the fp32 noise, then x0's dtype."""
     x0f = x0.float()
     tb = t.view(-1, 1, 1, 1, 1)
-    return {
-        "noise": noise.to(x0.dtype),
-        "t": t,
-        "noisy": ((1 - tb) * x0f + tb * noise).to(x0.dtype),
-        "target": (noise - x0f).to(x0.dtype),
-    }
+    return {"noisy": ((1 - tb) * x0f + tb * noise).to(x0.dtype), "target": (noise - x0f).to(x0.dtype)}
 
 
 class ReferenceStore:
     """Per-sample reference errors (and their timesteps) for draws 0..n_draws-1.
 
     On disk: one safetensors file, tensors ``err/<sample_id>`` and ``t/<sample_id>`` of shape
-    [n_draws] (float32, NaN where a draw was not computed), and the settings that produced them
-    (seed, sampling, shift, HALO weights, ...) as JSON metadata under ``ipa_reference_store``.
+    [n_draws] (float32, NaN where a draw was not computed), for DPO also ``err_loser/<sample_id>``
+    (the error on the sample's loser latent under the same noise and t), and the settings that
+    produced them (seed, sampling, shift, HALO weights, ...) as JSON metadata under
+    ``ipa_reference_store``.
     """
 
     META_KEY = "ipa_reference_store"
+    _KINDS = ("err", "t", "err_loser")
 
     def __init__(self, n_draws, **meta):
         if not (isinstance(n_draws, int) and n_draws >= 1):
             raise ValueError(f"n_draws must be a positive int, got {n_draws!r}")
         self.n_draws = n_draws
         self.meta = dict(meta)
-        self._err, self._t = {}, {}
+        self._data = {kind: {} for kind in self._KINDS}  # kind -> sample id -> [n_draws]
 
     def __len__(self):
-        return len(self._err)
+        return len(self._data["err"])
 
     def sample_ids(self):
-        return sorted(self._err)
+        return sorted(self._data["err"])
 
-    def add(self, sample_id, draw, t, err):
-        """Record the error of draw `draw` of `sample_id` (t: its timestep)."""
+    @property
+    def has_losers(self) -> bool:
+        """Whether it holds loser errors (a store for objective.name=dpo)."""
+        return bool(self._data["err_loser"])
+
+    def add(self, sample_id, draw, t, err, err_loser=None):
+        """Record the error of draw `draw` of `sample_id` (t: its timestep; `err_loser`: the error
+        on its loser latent, for DPO)."""
         if not (0 <= int(draw) < self.n_draws):
             raise ValueError(f"draw must be in [0, {self.n_draws}), got {draw}")
-        sid = str(sample_id)
-        if sid not in self._err:
-            self._err[sid] = torch.full((self.n_draws,), float("nan"))
-            self._t[sid] = torch.full((self.n_draws,), float("nan"))
-        self._err[sid][int(draw)] = float(err)
-        self._t[sid][int(draw)] = float(t)
+        values = {"err": err, "t": t} if err_loser is None else {"err": err, "t": t, "err_loser": err_loser}
+        for kind, value in values.items():
+            row = self._data[kind].setdefault(str(sample_id), torch.full((self.n_draws,), float("nan")))
+            row[int(draw)] = float(value)
 
-    def lookup(self, sample_ids, draws):
-        """(errors [B], timesteps [B]) float32 CPU tensors; ValueError naming what is missing."""
+    def update(self, other: "ReferenceStore") -> None:
+        """Take every sample `other` holds (an earlier pass of the same settings), replacing ours."""
+        if other.n_draws != self.n_draws:
+            raise ValueError(f"cannot merge a store of {other.n_draws} draws into one of {self.n_draws}")
+        for kind, rows in other._data.items():
+            self._data[kind].update({sid: row.clone() for sid, row in rows.items()})
+
+    def lookup(self, sample_ids, draws, *, loser=False):
+        """(errors [B], timesteps [B]) float32 CPU tensors, the errors on the loser latents when
+        `loser`; ValueError naming what is missing."""
         draws = draws.tolist() if torch.is_tensor(draws) else list(draws)
+        errors = self._data["err_loser" if loser else "err"]
         err, t = [], []
         for sid, d in zip(sample_ids, draws):
             sid, d = str(sid), int(d)
-            if sid not in self._err or not (0 <= d < self.n_draws) or math.isnan(self._err[sid][d]):
-                raise ValueError(f"reference store has no error for sample {sid!r} draw {d} "
-                                 f"({len(self)} samples x {self.n_draws} draws stored)")
-            err.append(self._err[sid][d])
-            t.append(self._t[sid][d])
+            if sid not in errors or not (0 <= d < self.n_draws) or math.isnan(errors[sid][d]):
+                what = "loser error" if loser else "error"
+                hint = " (precompute with objective.name=dpo for loser errors)" if loser and not self.has_losers else ""
+                raise ValueError(f"reference store has no {what} for sample {sid!r} draw {d} "
+                                 f"({len(self)} samples x {self.n_draws} draws stored){hint}")
+            err.append(errors[sid][d])
+            t.append(self._data["t"][sid][d])
         return torch.stack(err), torch.stack(t)
 
     def save(self, path):
         from safetensors.torch import save_file
 
-        tensors = {f"err/{k}": v for k, v in self._err.items()}
-        tensors.update({f"t/{k}": v for k, v in self._t.items()})
+        tensors = {f"{kind}/{sid}": row for kind, rows in self._data.items() for sid, row in rows.items()}
         meta = {"n_draws": self.n_draws, **self.meta}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={self.META_KEY: json.dumps(meta, sort_keys=True)})
@@ -156,5 +179,7 @@ class ReferenceStore:
             store = cls(meta.pop("n_draws"), **meta)
             for key in f.keys():
                 kind, sid = key.split("/", 1)
-                (store._err if kind == "err" else store._t)[sid] = f.get_tensor(key)
+                if kind not in store._data:
+                    raise ValueError(f"{str(path)!r}: unknown tensor {key!r} in a reference store")
+                store._data[kind][sid] = f.get_tensor(key)
         return store

@@ -9,8 +9,9 @@ The reference enters the IPA loss only as one number per sample, ``err_ref_b``, 
 - ``precomputed``: no model; errors read from a `ReferenceStore` written offline by
   `precompute_reference_errors` over deterministic (noise, t) draws (`ipa.models.draws`).
 
-All three answer ``error(batch, noisy_latents, timesteps, target, hand_mask, **halo_kw)`` -> [B]
-float32; the two online modes also answer ``predict(batch, noisy_latents, timesteps)``.
+All three answer ``error(batch, noisy_latents, timesteps, target, hand_mask, loser=False, **halo_kw)``
+-> [B] float32 (``loser``: the inputs are DPO's loser latents, which the precomputed store keeps
+apart); the two online modes also answer ``predict(batch, noisy_latents, timesteps)``.
 """
 
 import torch
@@ -46,9 +47,10 @@ class Reference:
         """The reference's velocity prediction, without gradient."""
         raise NotImplementedError(f"the {self.mode!r} reference has no model to predict with")
 
-    def error(self, batch, noisy_latents, timesteps, target, hand_mask=None, **halo_kw):
+    def error(self, batch, noisy_latents, timesteps, target, hand_mask=None, *, loser=False, **halo_kw):
         """Per-sample HALO error of the reference, [B] float32, without gradient.
 
+        ``loser``: the inputs are DPO's loser latents (an online reference just predicts on them).
         ``halo_kw``: ``hand_weight``, ``skip_frames``, ``backend`` of `ipa.ops.halo_error`
         (defaults: the paper's 10 and 1).
         """
@@ -145,10 +147,10 @@ class PrecomputedReference(Reference):
         """Keywords for `flow_draw` that reproduce the store's draws (seed, sampling, shift)."""
         return {k: self.store.meta[k] for k in ("seed", "sampling", "shift") if k in self.store.meta}
 
-    def error(self, batch, noisy_latents, timesteps, target, hand_mask=None, **halo_kw):
+    def error(self, batch, noisy_latents, timesteps, target, hand_mask=None, *, loser=False, **halo_kw):
         if "draw" not in batch or "sample_id" not in batch:
             raise ValueError("the precomputed reference needs batch['sample_id'] and batch['draw']")
-        err, t = self.store.lookup(batch["sample_id"], batch["draw"])
+        err, t = self.store.lookup(batch["sample_id"], batch["draw"], loser=loser)
         if self.verify:
             kw = {**HALO_DEFAULTS, **{k: v for k, v in halo_kw.items() if k != "backend"}}
             for k, v in kw.items():
@@ -162,23 +164,31 @@ class PrecomputedReference(Reference):
 
 
 def precompute_reference_errors(model, family, batches, *, n_draws, seed, sampling="uniform", shift=1.0,
-                                hand_weight=10.0, skip_frames=1, backend="auto", store=None):
+                                hand_weight=10.0, skip_frames=1, backend="auto", store=None, losers=False):
     """The offline pass: reference errors of every sample in `batches` for draws 0..n_draws-1.
 
     `model` is the pretrained reference (frozen). Each batch needs the keys of `ipa.models.inputs`
-    (``sample_id`` and ``hand_mask`` included). Returns the `ReferenceStore` (new or `store`).
+    (``sample_id`` and ``hand_mask`` included), and ``x0_loser`` with `losers` (DPO: the errors on
+    the loser latents too). Returns the `ReferenceStore` (new or `store`).
     """
     if store is None:
         store = ReferenceStore(n_draws, seed=seed, sampling=sampling, shift=shift, family=family,
                                hand_weight=hand_weight, skip_frames=skip_frames)
+    if losers and any("x0_loser" not in b for b in batches):
+        raise ValueError("losers=True needs batch['x0_loser'] in every batch (DPO pairs)")
+    halo_kw = {"hand_weight": hand_weight, "skip_frames": skip_frames, "backend": backend}
     for batch in batches:
         B = batch["x0"].shape[0]
         for d in range(n_draws):
             draw = flow_draw(batch, seed=seed, sampling=sampling, shift=shift, draws=[d] * B)
-            with torch.no_grad():
-                pred = forward(model, family, batch, draw["noisy"], draw["t"])
-                err = halo_error(pred, draw["target"], batch.get("hand_mask"), hand_weight=hand_weight,
-                                 skip_frames=skip_frames, backend=backend)
-            for sid, t, e in zip(batch["sample_id"], draw["t"].tolist(), err.tolist()):
-                store.add(sid, d, t, e)
+            err = _error_on(model, family, batch, draw["noisy"], draw["t"], draw["target"], **halo_kw)
+            err_l = (_error_on(model, family, batch, draw["noisy_loser"], draw["t"], draw["target_loser"],
+                               **halo_kw).tolist() if losers else [None] * B)
+            for sid, t, e, e_l in zip(batch["sample_id"], draw["t"].tolist(), err.tolist(), err_l):
+                store.add(sid, d, t, e, e_l)
     return store
+
+
+def _error_on(model, family, batch, noisy, t, target, **halo_kw):
+    with torch.no_grad():
+        return halo_error(forward(model, family, batch, noisy, t), target, batch.get("hand_mask"), **halo_kw)

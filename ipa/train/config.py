@@ -355,8 +355,6 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
         _require(m != "precomputed" or cfg.reference.draws > 0, "reference.draws",
                  "must be > 0 with the precomputed reference (the number of stored draws per sample)")
     if o.name == "dpo":
-        _require(m != "precomputed", "reference.mode", "objective.name=dpo needs copy or adapter: the "
-                 "reference predicts the loser latent too, which a precomputed store does not hold")
         lacking = [rec["id"] for rec in records if "x0_loser" not in rec.get("shapes", {})]
         _require(not lacking, "data.path", f"objective.name=dpo needs an 'x0_loser' latent in every sample; "
                  f"{len(lacking)} lack it (first: {lacking[0] if lacking else ''!r})")

@@ -81,14 +81,14 @@ def step_loss(cfg: TrainConfig, engine, reference, batch, draw: int):
             ref = {"ref_pred": reference.predict(batch, d["noisy"], d["t"])}
         pred = models.forward(engine, family, batch, d["noisy"], d["t"])
         return flow_ipa_loss(pred, d["target"], d["t"], mask, beta=o.beta, **ref, **kw)
-    # dpo (`validate` checked the data hold x0_loser and the reference is online): the loser latent
-    # shares noise and timestep with the winner
-    t = d["t"].view(-1, 1, 1, 1, 1)
-    x0_l = batch["x0_loser"]
-    noisy_l = ((1 - t) * x0_l.float() + t * d["noise"].float()).to(x0_l.dtype)
-    target_l = (d["noise"].float() - x0_l.float()).to(x0_l.dtype)
-    refs = {"ref_pred_w": reference.predict(batch, d["noisy"], d["t"]),
-            "ref_pred_l": reference.predict(batch, noisy_l, d["t"])}
+    # dpo (`validate` checked the data hold x0_loser): flow_draw gave the loser its winner's noise and t
+    noisy_l, target_l = d["noisy_loser"], d["target_loser"]
+    if reference.mode == "precomputed":
+        refs = {"ref_error_w": reference.error(batch, d["noisy"], d["t"], d["target"], mask, **kw),
+                "ref_error_l": reference.error(batch, noisy_l, d["t"], target_l, mask, loser=True, **kw)}
+    else:
+        refs = {"ref_pred_w": reference.predict(batch, d["noisy"], d["t"]),
+                "ref_pred_l": reference.predict(batch, noisy_l, d["t"])}
     pred = models.forward(engine, family, batch, d["noisy"], d["t"])
     pred_l = models.forward(engine, family, batch, noisy_l, d["t"])
     return flow_dpo_loss(pred, pred_l, d["target"], target_l, mask, mask, beta=o.beta, **refs, **kw)

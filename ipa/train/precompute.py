@@ -51,7 +51,7 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int =
     import deepspeed
 
     engine, *_ = deepspeed.initialize(model=model, config=conf)
-    dtype, o = engines.compute_dtype(cfg), cfg.objective
+    dtype, losers = engines.compute_dtype(cfg), store.meta["losers"]
     mine = todo[rank::world]
     # Under ZeRO-3 every rank must run the same number of forwards (parameters are gathered
     # collectively), so a rank with fewer samples repeats its last one (or, with none left, the
@@ -65,12 +65,11 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int =
         batch = to_device(collate([dataset[padded[min(r, len(padded) - 1)]]]), device, dtype)
         for d in range(draws):
             draw = flow_inputs(cfg, batch, d)
-            with torch.no_grad():
-                pred = models.forward(engine, cfg.model.family, batch, draw["noisy"], draw["t"])
-                err = halo_error(pred, draw["target"], batch.get("hand_mask"), hand_weight=o.hand_weight,
-                                 skip_frames=o.skip_frames)
+            err = _error(cfg, engine, batch, draw["noisy"], draw["t"], draw["target"])
+            err_l = _error(cfg, engine, batch, draw["noisy_loser"], draw["t"], draw["target_loser"]) if losers else None
             if r < len(mine):
-                rows.append((batch["sample_id"][0], d, float(draw["t"][0]), float(err[0])))
+                rows.append((batch["sample_id"][0], d, float(draw["t"][0]), float(err[0]),
+                             None if err_l is None else float(err_l[0])))
         last = r == rounds - 1
         if last or (r + 1) % save_every == 0:
             _gather_into(store, rows, rank, world)
@@ -81,9 +80,17 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int =
         if rounds == 0:  # everything was in the partial store already
             _atomic_save(store, out_path)
         partial_path.unlink(missing_ok=True)
-        print(f"wrote {len(store)} samples x {draws} draws of reference errors to {out_path}")
+        print(f"wrote {len(store)} samples x {draws} draws of reference errors{' (winner and loser)' if losers else ''} "
+              f"to {out_path}")
     dist.barrier()
     return out_path
+
+
+def _error(cfg: TrainConfig, engine, batch, noisy, t, target):
+    with torch.no_grad():
+        pred = models.forward(engine, cfg.model.family, batch, noisy, t)
+        return halo_error(pred, target, batch.get("hand_mask"), hand_weight=cfg.objective.hand_weight,
+                          skip_frames=cfg.objective.skip_frames)
 
 
 def store_path(cfg: TrainConfig, out_path=None) -> Path:
@@ -97,7 +104,7 @@ def new_store(cfg: TrainConfig, draws: int):
     return models.ReferenceStore(draws, seed=cfg.run.seed, sampling=o.timestep_sampling, shift=o.shift,
                                  family=cfg.model.family, hand_weight=o.hand_weight, skip_frames=o.skip_frames,
                                  logit_mean=o.logit_mean, logit_std=o.logit_std, source=str(cfg.model.source),
-                                 compute_dtype=_dtype_name(engines.compute_dtype(cfg)))
+                                 compute_dtype=_dtype_name(engines.compute_dtype(cfg)), losers=o.name == "dpo")
 
 
 def check_resumable(cfg: TrainConfig, draws: int, out_path=None) -> None:
@@ -141,10 +148,7 @@ def _resume(store, partial_path: Path) -> list[str]:
         what = ", ".join(f"{_SETTING_NAMES.get(k, k)}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
         raise ValueError(f"{str(partial_path)!r} holds an interrupted pass made with other settings ({what}); "
                          "rerun with its settings to finish it, or delete it to start over")
-    for sid in partial.sample_ids():
-        err, t = partial.lookup([sid] * partial.n_draws, range(partial.n_draws))
-        for d in range(partial.n_draws):
-            store.add(sid, d, t[d], err[d])
+    store.update(partial)
     return partial.sample_ids()
 
 
@@ -154,8 +158,8 @@ def _gather_into(store, rows, rank: int, world: int) -> None:
     dist.all_gather_object(gathered, rows)
     if rank == 0:
         for part in gathered:
-            for sid, d, t, e in part:
-                store.add(sid, d, t, e)
+            for row in part:
+                store.add(*row)
 
 
 def _atomic_save(store, path: Path) -> None:
@@ -176,7 +180,8 @@ _STORE_KEYS = {"run.seed": "seed", "objective.timestep_sampling": "sampling", "o
                "objective.logit_std": "logit_std"}
 # store metadata key -> what the user sets, for the resume error
 _SETTING_NAMES = {**{meta: key for key, meta in _STORE_KEYS.items()}, "n_draws": "--draws",
-                  "source": "model.source", "compute_dtype": "model.dtype / deepspeed.bf16"}
+                  "source": "model.source", "compute_dtype": "model.dtype / deepspeed.bf16",
+                  "losers": "loser errors (objective.name=dpo)"}
 
 
 def check_store(cfg: TrainConfig, store, sample_ids) -> None:
@@ -195,6 +200,9 @@ def check_store(cfg: TrainConfig, store, sample_ids) -> None:
                          f"{cfg.deepspeed.bf16}); run `ipa precompute-reference` with this run's settings")
     if cfg.reference.draws > store.n_draws:
         raise ValueError(f"reference.draws: {cfg.reference.draws} > the {store.n_draws} draws the store holds")
+    if cfg.objective.name == "dpo" and not store.has_losers:
+        raise ValueError(f"objective.name: dpo needs the reference's errors on the loser latents, which "
+                         f"{cfg.reference.store!r} does not hold (run `ipa precompute-reference` with objective.name=dpo)")
     missing = sorted(set(map(str, sample_ids)) - set(store.sample_ids()))
     if missing:
         raise ValueError(f"reference.store: {cfg.reference.store!r} has no errors for {len(missing)} sample(s) of "

@@ -82,6 +82,33 @@ def test_precomputed_reference_equals_online_reference_error():
     assert torch.equal(got, want)
 
 
+def test_precomputed_loser_errors_equal_the_online_reference_on_the_loser(tmp_path):
+    """DPO pairs: the loser latent under its winner's noise and t, stored apart and round-tripped."""
+    model = tiny("wan-vace", seed=0).requires_grad_(False).eval()
+    batch = batch_for("wan-vace", model, seed=1)
+    batch["x0_loser"] = batch["x0"] + 0.5 * torch.randn(batch["x0"].shape, generator=torch.Generator().manual_seed(2))
+    store = precompute_reference_errors(model, "wan-vace", [batch], n_draws=2, losers=True, **SETTINGS)
+    store = ReferenceStore.load(store.save(tmp_path / "pairs.safetensors"))
+    ref = Reference.create("precomputed", store=store)
+    online = Reference.create("copy", family="wan-vace", source="tiny", dtype=torch.float32, seed=0)
+    batch["draw"] = torch.tensor([1, 0])
+    d = flow_draw(batch, **ref.draw_settings)
+    noise, t = d["noise"].float(), d["t"].view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(d["noisy_loser"], (1 - t) * batch["x0_loser"] + t * noise, rtol=0, atol=1e-6)
+    torch.testing.assert_close(d["target_loser"], noise - batch["x0_loser"], rtol=0, atol=1e-6)
+    got = ref.error(batch, d["noisy_loser"], d["t"], d["target_loser"], batch["hand_mask"], loser=True)
+    want = online.error(batch, d["noisy_loser"], d["t"], d["target_loser"], batch["hand_mask"])
+    assert torch.equal(got, want) and not torch.equal(got, ref.error(batch, d["noisy"], d["t"], d["target"],
+                                                                     batch["hand_mask"]))
+    winners_only = precompute_reference_errors(model, "wan-vace", [batch], n_draws=1, **SETTINGS)
+    assert store.has_losers and not winners_only.has_losers
+    with pytest.raises(ValueError, match=r"no loser error for sample .* \(precompute with objective.name=dpo"):
+        winners_only.lookup(batch["sample_id"], [0, 0], loser=True)
+    with pytest.raises(ValueError, match=r"losers=True needs batch\['x0_loser'\]"):
+        precompute_reference_errors(model, "wan-vace", [batch_for("wan-vace", model)], n_draws=1, losers=True,
+                                    **SETTINGS)
+
+
 def test_precomputed_reference_rejects_mismatched_draws():
     store, batches, _ = precompute(n_draws=1)
     ref = PrecomputedReference(store)

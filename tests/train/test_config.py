@@ -166,16 +166,12 @@ def test_offloaded_optimizer_is_deepspeeds_cpu_adam(data, monkeypatch):
     assert type(make_optimizer(cfg, deepspeed_config(cfg, world_size=1), params)) is torch.optim.AdamW
 
 
-def test_dpo_needs_loser_latents_and_an_online_reference(data, tmp_path):
+def test_dpo_needs_loser_latents(data, tmp_path):
     with pytest.raises(ConfigError, match=r"^data.path: objective.name=dpo needs an 'x0_loser' latent in every "
                                           r"sample; 8 lack it \(first: 'synth-0-00000'\)"):
         load_config(CONFIGS[0], [f"data.path={data}", "objective.name=dpo"])
     pairs = str(synthesize(tmp_path / "pairs", n=2, with_loser=True))
     assert load_config(CONFIGS[0], [f"data.path={pairs}", "objective.name=dpo"]).objective.name == "dpo"
-    (tmp_path / "ref.safetensors").write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"^reference.mode: objective.name=dpo needs copy or adapter"):
-        load_config(CONFIGS[0], [f"data.path={pairs}", "objective.name=dpo", "reference.mode=precomputed",
-                                 f"reference.store={tmp_path / 'ref.safetensors'}", "reference.draws=1"])
 
 
 def test_config_files_that_are_not_yaml_mappings_are_named(data, tmp_path, capsys):

@@ -219,12 +219,22 @@ def test_bad_config_fails_before_any_process_starts(data, tmp_path):
 
 
 def test_dpo_objective_and_full_finetune_export(data, tmp_path):
-    # DPO: each sample also carries a loser latent (same conditions, same noise and timestep).
-    ipa("data", "synth", "--n", "8", "--with-loser", "--out", str(tmp_path / "pairs"))
-    train(tmp_path / "dpo", tmp_path / "pairs", "objective.name=dpo", "objective.beta=50",
-          "reference.mode=copy", "run.steps=2", "run.export=false")
+    # DPO: each sample also carries a loser latent (same conditions, same noise and timestep); the
+    # reference's errors on winners and losers precomputed by two ranks.
+    pairs = tmp_path / "pairs"
+    ipa("data", "synth", "--n", "8", "--with-loser", "--out", str(pairs))
+    dpo = ("objective.name=dpo", "objective.beta=50", "reference.mode=precomputed",
+           f"reference.store={tmp_path / 'pairs_ref.safetensors'}", "reference.draws=1")
+    done = ipa("precompute-reference", "--config", TINY, "--nproc", "2", "--output-dir", str(tmp_path / "pre"),
+               f"data.path={pairs}", *dpo)
+    assert "8 samples x 1 draws of reference errors (winner and loser)" in done.stdout
+    train(tmp_path / "dpo", pairs, *dpo, "run.steps=2", "run.export=false")
     rows = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
-    assert abs(rows[0]["loss"] - math.log(2)) < 1e-4 and "reward_margin" in rows[0]
+    # step 1: policy == reference, up to the rounding of errors computed one sample at a time
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-4 and abs(rows[0]["reward_margin"]) < 1e-5
+    assert rows[0]["reference_error_w"] == pytest.approx(rows[0]["model_error_w"], rel=1e-5)
+    assert rows[0]["reference_error_l"] == pytest.approx(rows[0]["model_error_l"], rel=1e-5)
+    assert rows[0]["model_error_l"] != pytest.approx(rows[0]["model_error_w"], rel=1e-3)
 
     # Full fine-tuning under ZeRO-3 exports a diffusers model folder with changed weights.
     from diffusers import WanVACETransformer3DModel

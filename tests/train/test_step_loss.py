@@ -56,9 +56,21 @@ def _predict(model, batch, x_t, t):
         return models.forward(model, "wan-vace", batch, x_t, t).double()
 
 
-@pytest.mark.parametrize("objective", ["ipa", "sft", "dpo"])
-def test_step_loss_is_the_objective_on_the_draw(pairs, objective):
-    cfg, base, policy, batch = _setup(pairs, f"objective.name={objective}", "reference.mode=adapter")
+def _reference(mode, cfg, base, policy, batch):
+    """The trainer's reference: the adapter-disabled policy, or errors precomputed with the base."""
+    if mode == "adapter":
+        return models.Reference.create("adapter", policy=policy, family="wan-vace")
+    o = cfg.objective
+    store = models.precompute_reference_errors(base, "wan-vace", [batch], n_draws=DRAW + 1, seed=cfg.run.seed,
+                                               sampling=o.timestep_sampling, shift=o.shift, hand_weight=o.hand_weight,
+                                               skip_frames=o.skip_frames, losers=o.name == "dpo")
+    return models.Reference.create("precomputed", store=store)
+
+
+@pytest.mark.parametrize("objective,mode", [("ipa", "adapter"), ("ipa", "precomputed"), ("sft", None),
+                                            ("dpo", "adapter"), ("dpo", "precomputed")])
+def test_step_loss_is_the_objective_on_the_draw(pairs, objective, mode):
+    cfg, base, policy, batch = _setup(pairs, f"objective.name={objective}")
     o = cfg.objective
     halo = dict(hand_weight=o.hand_weight, skip_frames=o.skip_frames)
     noise, t, x_t, target = _draw(cfg, batch, batch["x0"])
@@ -77,7 +89,7 @@ def test_step_loss_is_the_objective_on_the_draw(pairs, objective):
         want = spec.flow_dpo_loss(pred, _predict(policy, batch, x_t_l, t), target.double(), target_l.double(),
                                   mask, mask, ref_pred_w=_predict(base, batch, x_t, t),
                                   ref_pred_l=_predict(base, batch, x_t_l, t), beta=o.beta, **halo)
-    reference = None if objective == "sft" else models.Reference.create("adapter", policy=policy, family="wan-vace")
+    reference = None if objective == "sft" else _reference(mode, cfg, base, policy, batch)
     loss, metrics = step_loss(cfg, policy, reference, dict(batch), DRAW)
     if objective != "sft":
         assert abs(want.item() - math.log(2)) > 1e-3  # the policy differs from the reference: wiring shows

@@ -44,6 +44,17 @@ def test_mismatched_store_names_the_key(changes, sample_ids, match):
         check_store(_cfg(**changes), _store(), sample_ids)
 
 
+def test_dpo_needs_a_store_with_loser_errors():
+    with pytest.raises(ValueError, match=r"^objective.name: dpo needs the reference's errors on the loser latents"):
+        check_store(_cfg(objective__name="dpo"), _store(), ["a"])
+    pairs = _store()
+    for sid in ("a", "b"):
+        for d in range(2):
+            pairs.add(sid, d, 0.5, 1.0, err_loser=2.0)
+    check_store(_cfg(objective__name="dpo"), pairs, ["a", "b"])
+    check_store(_cfg(), pairs, ["a", "b"])  # IPA reads the winners' errors of a DPO store
+
+
 def test_store_of_another_compute_dtype_is_refused():
     fp32_store = _store(compute_dtype="float32")
     check_store(_cfg(), fp32_store, ["a"])
@@ -55,11 +66,12 @@ def test_store_of_another_compute_dtype_is_refused():
 # -- resuming an interrupted `ipa precompute-reference` ------------------------------------------
 
 def _partial(tmp_path, n_draws=2, **meta):
-    """A partial store of samples a, b as an interrupted pass leaves it; the path."""
+    """A partial store of samples a, b as an interrupted pass leaves it (loser errors when
+    meta says losers); the path."""
     store = ReferenceStore(n_draws, **{"seed": 0, "sampling": "uniform", "family": "wan-vace", **meta})
     for i, sid in enumerate(("a", "b")):
         for d in range(n_draws):
-            store.add(sid, d, 0.25 * (d + 1), 1.5 + i + d)
+            store.add(sid, d, 0.25 * (d + 1), 1.5 + i + d, 5.0 + i + d if meta.get("losers") else None)
     return store.save(tmp_path / "ref.safetensors.partial")
 
 
@@ -72,10 +84,18 @@ def test_resume_loads_the_finished_samples_of_a_matching_partial_store(tmp_path)
     assert _resume(ReferenceStore(2), tmp_path / "absent.partial") == []
 
 
+def test_resume_keeps_the_loser_errors_of_a_dpo_pass(tmp_path):
+    path = _partial(tmp_path, losers=True)
+    store = ReferenceStore(2, seed=0, sampling="uniform", family="wan-vace", losers=True)
+    assert _resume(store, path) == ["a", "b"]
+    assert store.lookup(["a", "b"], [0, 1], loser=True)[0].tolist() == [5.0, 7.0]
+
+
 @pytest.mark.parametrize("n_draws,meta,match", [
     (2, {"seed": 1}, r"run.seed: 0 there, 1 here"),
     (3, {"seed": 0}, r"--draws: 2 there, 3 here"),
     (2, {"seed": 0, "compute_dtype": "bfloat16"}, r"model.dtype / deepspeed.bf16: None there, 'bfloat16' here"),
+    (2, {"seed": 0, "losers": True}, r"loser errors \(objective.name=dpo\): None there, True here"),
 ])
 def test_resume_refuses_a_partial_store_of_other_settings(tmp_path, n_draws, meta, match):
     path = _partial(tmp_path)

@@ -65,8 +65,8 @@ def _check_output_args(args):
         raise ValueError(f"--out: mask files are .npz, got {args.out!r}")
     if args.preview is not None:
         _check_picture_path("--preview", args.preview)
-    if getattr(args, "fps", 1.0) <= 0:
-        raise ValueError(f"--fps: must be > 0, got {args.fps}")
+    if not 0 < getattr(args, "fps", 1.0) < float("inf"):  # NaN too
+        raise ValueError(f"--fps: must be a finite number > 0, got {args.fps}")
     if not 0 <= getattr(args, "min_confidence", 0.0) <= 1:
         raise ValueError(f"--min-confidence: keypoint confidences are in [0, 1], got {args.min_confidence}")
     if not 1 <= getattr(args, "min_points", 1) <= 21:

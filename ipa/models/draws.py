@@ -97,9 +97,10 @@ class ReferenceStore:
 
     On disk: one safetensors file, tensors ``err/<sample_id>`` and ``t/<sample_id>`` of shape
     [n_draws] (float32, NaN where a draw was not computed), for DPO also ``err_loser/<sample_id>``
-    (the error on the sample's loser latent under the same noise and t), and the settings that
-    produced them (seed, sampling, shift, HALO weights, ...) as JSON metadata under
-    ``ipa_reference_store``.
+    (the error on the sample's loser latent under the same noise and t), optionally
+    ``sha256/<sample_id>`` (uint8 [32], the dataset manifest's checksum of the sample the errors
+    were computed on), and the settings that produced them (seed, sampling, shift, HALO weights,
+    ...) as JSON metadata under ``ipa_reference_store``.
     """
 
     META_KEY = "ipa_reference_store"
@@ -111,6 +112,7 @@ class ReferenceStore:
         self.n_draws = n_draws
         self.meta = dict(meta)
         self._data = {kind: {} for kind in self._KINDS}  # kind -> sample id -> [n_draws]
+        self._digests = {}  # sample id -> sha256 hex of the sample the errors were computed on
 
     def __len__(self):
         return len(self._data["err"])
@@ -120,8 +122,23 @@ class ReferenceStore:
 
     @property
     def has_losers(self) -> bool:
-        """Whether it holds loser errors (a store for objective.name=dpo)."""
-        return bool(self._data["err_loser"])
+        """Whether it holds loser errors (a store for objective.name=dpo; its settings say so
+        before any sample is added)."""
+        return bool(self.meta.get("losers")) or bool(self._data["err_loser"])
+
+    def set_digest(self, sample_id, sha256: str) -> None:
+        """Record which data `sample_id`'s errors belong to (the manifest's sha256, hex)."""
+        bytes.fromhex(sha256)  # a ValueError now rather than at save
+        self._digests[str(sample_id)] = sha256
+
+    def digest(self, sample_id):
+        """The sha256 recorded for `sample_id`, or None (stores written before digests, or none set)."""
+        return self._digests.get(str(sample_id))
+
+    def discard(self, sample_id) -> None:
+        """Forget every value of `sample_id` (errors computed on data that has changed since)."""
+        for rows in (*self._data.values(), self._digests):
+            rows.pop(str(sample_id), None)
 
     def add(self, sample_id, draw, t, err, err_loser=None):
         """Record the error of draw `draw` of `sample_id` (t: its timestep; `err_loser`: the error
@@ -139,6 +156,7 @@ class ReferenceStore:
             raise ValueError(f"cannot merge a store of {other.n_draws} draws into one of {self.n_draws}")
         for kind, rows in other._data.items():
             self._data[kind].update({sid: row.clone() for sid, row in rows.items()})
+        self._digests.update(other._digests)
 
     def lookup(self, sample_ids, draws, *, loser=False):
         """(errors [B], timesteps [B]) float32 CPU tensors, the errors on the loser latents when
@@ -161,6 +179,8 @@ class ReferenceStore:
         from safetensors.torch import save_file
 
         tensors = {f"{kind}/{sid}": row for kind, rows in self._data.items() for sid, row in rows.items()}
+        tensors.update({f"sha256/{sid}": torch.frombuffer(bytearray.fromhex(h), dtype=torch.uint8)
+                        for sid, h in self._digests.items()})
         meta = {"n_draws": self.n_draws, **self.meta}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={self.META_KEY: json.dumps(meta, sort_keys=True)})
@@ -179,7 +199,10 @@ class ReferenceStore:
             store = cls(meta.pop("n_draws"), **meta)
             for key in f.keys():
                 kind, sid = key.split("/", 1)
-                if kind not in store._data:
+                if kind == "sha256":
+                    store._digests[sid] = bytes(f.get_tensor(key).tolist()).hex()
+                elif kind in store._data:
+                    store._data[kind][sid] = f.get_tensor(key)
+                else:
                     raise ValueError(f"{str(path)!r}: unknown tensor {key!r} in a reference store")
-                store._data[kind][sid] = f.get_tensor(key)
         return store

@@ -174,10 +174,10 @@ def precompute_reference_errors(model, family, batches, *, n_draws, seed, sampli
     if store is None:
         store = ReferenceStore(n_draws, seed=seed, sampling=sampling, shift=shift, family=family,
                                hand_weight=hand_weight, skip_frames=skip_frames)
-    if losers and any("x0_loser" not in b for b in batches):
-        raise ValueError("losers=True needs batch['x0_loser'] in every batch (DPO pairs)")
     halo_kw = {"hand_weight": hand_weight, "skip_frames": skip_frames, "backend": backend}
-    for batch in batches:
+    for batch in batches:  # any iterable, a DataLoader or a generator included: read once
+        if losers and "x0_loser" not in batch:
+            raise ValueError("losers=True needs batch['x0_loser'] in every batch (DPO pairs)")
         B = batch["x0"].shape[0]
         for d in range(n_draws):
             draw = flow_draw(batch, seed=seed, sampling=sampling, shift=shift, draws=[d] * B)

@@ -197,7 +197,8 @@ def train(cfg: TrainConfig) -> dict:
     if reference is not None and reference.mode == "precomputed":
         from .precompute import check_store
 
-        check_store(cfg, reference.store, [r["id"] for r in dataset.records])
+        check_store(cfg, reference.store, [r["id"] for r in dataset.records],
+                    {r["id"]: r["sha256"] for r in dataset.records})
 
     micro, accum = cfg.data.micro_batch, cfg.data.grad_accum
     layout = {"world_size": world, "micro_batch": micro, "grad_accum": accum}

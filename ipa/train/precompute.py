@@ -6,8 +6,9 @@ rank 0 gathers the errors and writes the store. Training with `reference.draws =
 exactly these (noise, t) draws (`ipa.models.flow_draw`).
 
 A pass over a real dataset takes hours, so every `save_every` rounds rank 0 writes the samples
-finished so far to `<out>.partial` (atomically); a rerun with the same settings skips them, and a
-rerun with other settings is refused before any forward, naming the setting.
+finished so far to `<out>.partial` (atomically); a rerun with the same settings skips them (unless
+their data changed: the manifest's sha256 is kept per sample), and a rerun with other settings is
+refused before any forward, naming the setting.
 """
 
 from __future__ import annotations
@@ -33,34 +34,50 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int =
     if not (isinstance(save_every, int) and save_every >= 1):
         raise ValueError(f"--save-every must be an int >= 1 (rounds of one sample per rank), got {save_every!r}")
     device = init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     validate(cfg, world_size=None)
     out_path = store_path(cfg, out_path)
     partial_path = _partial_path(out_path)
     dataset = ShardDataset(cfg.data.path)
+    digests = {rec["id"]: rec["sha256"] for rec in dataset.records}
     store = new_store(cfg, draws)
-    done = _agreed_done_samples(store, partial_path, rank)
-    todo = [i for i, rec in enumerate(dataset.records) if rec["id"] not in done]
-    if rank == 0 and done:
-        print(f"resuming from {partial_path}: {len(dataset) - len(todo)} of {len(dataset)} samples done")
+    done = _agreed_done_samples(store, partial_path, digests, rank)
+    todo = [i for i, rec in enumerate(dataset.records) if rec["id"] not in done]  # the same on every rank
+    if done:
+        _say(rank, f"resuming from {partial_path}: {len(dataset) - len(todo)} of {len(dataset)} samples done")
+    if todo:
+        _compute(cfg, store, dataset, todo, draws, save_every, device, out_path)
+    elif rank == 0:  # killed after the finished store was written, before the partial was removed
+        _atomic_save(store, out_path)
+    if rank == 0:
+        partial_path.unlink(missing_ok=True)
+    losers = " (winner and loser)" if store.meta["losers"] else ""
+    _say(rank, f"wrote {len(store)} samples x {draws} draws of reference errors{losers} to {out_path}")
+    dist.barrier()
+    return out_path
 
+
+def _compute(cfg, store, dataset, todo, draws, save_every, device, out_path):
+    """The forwards over `todo` (dataset indices, split over the ranks), saving the partial store
+    every `save_every` rounds and the finished store after the last."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    digests = {rec["id"]: rec["sha256"] for rec in dataset.records}
     conf = engines.deepspeed_config(cfg, world, stage=cfg.deepspeed.zero_stage if cfg.deepspeed.zero_stage == 3 else 0,
                                     inference=True)
     model = engines._build_model(cfg, device, conf, zero3=conf["zero_optimization"]["stage"] == 3)
     model.requires_grad_(False).eval()
     import deepspeed
+    from tqdm.auto import tqdm
 
     engine, *_ = deepspeed.initialize(model=model, config=conf)
     dtype, losers = engines.compute_dtype(cfg), store.meta["losers"]
-    mine = todo[rank::world]
     # Under ZeRO-3 every rank must run the same number of forwards (parameters are gathered
     # collectively), so a rank with fewer samples repeats its last one (or, with none left, the
     # dataset's first) and drops the result.
+    mine = todo[rank::world]
     padded = mine or [0]
     rounds = -(-len(todo) // world)
     rows = []
-    from tqdm.auto import tqdm
-
     for r in tqdm(range(rounds), desc="reference errors", disable=rank != 0):
         batch = to_device(collate([dataset[padded[min(r, len(padded) - 1)]]]), device, dtype)
         for d in range(draws):
@@ -72,18 +89,19 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int =
                              None if err_l is None else float(err_l[0])))
         last = r == rounds - 1
         if last or (r + 1) % save_every == 0:
-            _gather_into(store, rows, rank, world)
+            gathered = [None] * world
+            dist.all_gather_object(gathered, rows)
             rows = []
             if rank == 0:
-                _atomic_save(store, out_path if last else partial_path)
+                for row in (row for part in gathered for row in part):
+                    store.add(*row)
+                    store.set_digest(row[0], digests[row[0]])
+                _atomic_save(store, out_path if last else _partial_path(out_path))
+
+
+def _say(rank: int, text: str) -> None:
     if rank == 0:
-        if rounds == 0:  # everything was in the partial store already
-            _atomic_save(store, out_path)
-        partial_path.unlink(missing_ok=True)
-        print(f"wrote {len(store)} samples x {draws} draws of reference errors{' (winner and loser)' if losers else ''} "
-              f"to {out_path}")
-    dist.barrier()
-    return out_path
+        print(text, flush=True)
 
 
 def _error(cfg: TrainConfig, engine, batch, noisy, t, target):
@@ -109,22 +127,25 @@ def new_store(cfg: TrainConfig, draws: int):
 
 def check_resumable(cfg: TrainConfig, draws: int, out_path=None) -> None:
     """Before launching ranks: refuse a partial store of other settings (rank 0 checks again)."""
-    _resume(new_store(cfg, draws), _partial_path(store_path(cfg, out_path)))
+    from ipa.data.shards import read_manifest
+
+    digests = {rec["id"]: rec["sha256"] for rec in read_manifest(cfg.data.path)[1]}
+    _resume(new_store(cfg, draws), _partial_path(store_path(cfg, out_path)), digests)
 
 
 def _partial_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".partial")
 
 
-def _agreed_done_samples(store, partial_path: Path, rank: int) -> set[str]:
+def _agreed_done_samples(store, partial_path: Path, digests: dict, rank: int) -> set[str]:
     """Rank 0 reads the partial store and tells every rank what is done (or why it cannot resume),
     so all ranks agree on the work left, or raise together, without needing shared storage."""
     verdict = [None]
     if rank == 0:
         try:
-            verdict[0] = ("ok", _resume(store, partial_path))
-        except ValueError as e:
-            verdict[0] = ("error", str(e))
+            verdict[0] = ("ok", _resume(store, partial_path, digests))
+        except Exception as e:  # any failure must reach the other ranks, or they wait in the broadcast
+            verdict[0] = ("error", str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
     dist.broadcast_object_list(verdict, src=0)
     status, payload = verdict[0]
     if status == "error":
@@ -132,9 +153,15 @@ def _agreed_done_samples(store, partial_path: Path, rank: int) -> set[str]:
     return set(payload)
 
 
-def _resume(store, partial_path: Path) -> list[str]:
-    """Load the samples of an earlier, interrupted pass into `store`; their ids. ValueError if the
-    partial store was made with other settings (its errors would not be this run's)."""
+# settings a partial store may differ in: the model's path (the same checkpoint lives under other
+# paths on other machines, as for training's store check)
+_PATH_ONLY = ("source",)
+
+
+def _resume(store, partial_path: Path, digests: dict) -> list[str]:
+    """Load the samples of an earlier, interrupted pass into `store`, keeping only those whose data
+    is unchanged (the manifest's sha256); their ids. ValueError if the partial store was made with
+    other settings (its errors would not be this run's)."""
     if not partial_path.is_file():
         return []
     try:
@@ -143,30 +170,34 @@ def _resume(store, partial_path: Path) -> list[str]:
         raise ValueError(f"{str(partial_path)!r}: not a readable partial reference store ({e}); "
                          "delete it to start over") from e
     theirs, ours = {"n_draws": partial.n_draws, **partial.meta}, {"n_draws": store.n_draws, **store.meta}
-    differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k) and k not in _PATH_ONLY]
     if differ:
         what = ", ".join(f"{_SETTING_NAMES.get(k, k)}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
         raise ValueError(f"{str(partial_path)!r} holds an interrupted pass made with other settings ({what}); "
                          "rerun with its settings to finish it, or delete it to start over")
     store.update(partial)
-    return partial.sample_ids()
-
-
-def _gather_into(store, rows, rank: int, world: int) -> None:
-    """All ranks' finished rows into rank 0's `store` (a collective: every rank calls it)."""
-    gathered = [None] * world
-    dist.all_gather_object(gathered, rows)
-    if rank == 0:
-        for part in gathered:
-            for row in part:
-                store.add(*row)
+    changed = [sid for sid in partial.sample_ids() if partial.digest(sid) != digests.get(sid)]
+    for sid in changed:  # re-encoded, new masks, or not in this dataset: computed again (or dropped)
+        store.discard(sid)
+    if changed:
+        print(f"{partial_path}: {len(changed)} sample(s) differ from data.path's manifest (e.g. {changed[0]!r}); "
+              "their errors are computed again", flush=True)
+    return store.sample_ids()
 
 
 def _atomic_save(store, path: Path) -> None:
-    """Write next to `path`, then rename over it: a kill mid-write leaves the previous file whole."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    """Write next to `path`, flush it to disk, then rename over it: a kill, a crash or a power loss
+    at any moment leaves either the previous file or the new one, whole."""
+    tmp = path.with_name(path.name + ".tmp")
     store.save(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself
+    finally:
+        os.close(fd)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -184,9 +215,10 @@ _SETTING_NAMES = {**{meta: key for key, meta in _STORE_KEYS.items()}, "n_draws":
                   "losers": "loser errors (objective.name=dpo)"}
 
 
-def check_store(cfg: TrainConfig, store, sample_ids) -> None:
+def check_store(cfg: TrainConfig, store, sample_ids, digests=None) -> None:
     """Refuse, before the first step, a store that cannot serve this run: other draw settings, fewer
-    draws than `reference.draws`, or samples of the dataset it does not hold (ValueError naming the key)."""
+    draws than `reference.draws`, samples of the dataset it does not hold, or (given `digests`, the
+    manifest's sha256 per sample id) samples whose data changed since (ValueError naming the key)."""
     for key, meta_key in _STORE_KEYS.items():
         section, name = key.split(".")
         want = getattr(getattr(cfg, section), name)
@@ -207,3 +239,8 @@ def check_store(cfg: TrainConfig, store, sample_ids) -> None:
     if missing:
         raise ValueError(f"reference.store: {cfg.reference.store!r} has no errors for {len(missing)} sample(s) of "
                          f"data.path, e.g. {missing[:3]} (run `ipa precompute-reference` on this dataset)")
+    changed = sorted(sid for sid, sha in (digests or {}).items() if store.digest(sid) not in (None, sha))
+    if changed:
+        raise ValueError(f"reference.store: {cfg.reference.store!r} holds errors computed on other data for "
+                         f"{len(changed)} sample(s) of data.path (their manifest sha256 changed since), e.g. "
+                         f"{changed[:3]} (run `ipa precompute-reference` again)")

@@ -6,9 +6,10 @@ import pytest
 
 
 @pytest.mark.parametrize("bench,flags,message", [
-    ("ops", ["--budget", "-1"], "argument --budget: expected a number >= 0, got '-1'"),
-    ("ops", ["--rotate-mb", "0"], "argument --rotate-mb: expected a number > 0, got '0'"),
-    ("model", ["--budget", "nan"], "argument --budget: expected a number >= 0, got 'nan'"),
+    ("ops", ["--budget", "-1"], "argument --budget: expected a finite number >= 0, got '-1'"),
+    ("ops", ["--rotate-mb", "0"], "argument --rotate-mb: expected a finite number > 0, got '0'"),
+    ("model", ["--budget", "nan"], "argument --budget: expected a finite number >= 0, got 'nan'"),
+    ("model", ["--budget", "inf"], "argument --budget: expected a finite number >= 0, got 'inf'"),
     ("ops", ["--min-reps", "0"], "argument --min-reps: expected an int >= 1, got '0'"),
     ("model", ["--rank", "0"], "argument --rank: expected an int >= 1, got '0'"),
     ("hands", ["--detect-frames", "-1"], "argument --detect-frames: expected an int >= 0, got '-1'"),

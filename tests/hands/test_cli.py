@@ -54,7 +54,8 @@ def test_cli_errors_name_the_argument(tmp_path):
 @pytest.mark.parametrize("flags,match", [
     (["--out", "{tmp}/m.txt"], r"^--out: mask files are .npz, got '.*m.txt'"),
     (["--preview", "{tmp}/p.txt"], r"^--preview: expected an image or video path \(.png, .*\.mp4.*\), got '.*p.txt'"),
-    (["--fps", "0"], r"^--fps: must be > 0, got 0.0"),
+    (["--fps", "0"], r"^--fps: must be a finite number > 0, got 0.0"),
+    (["--fps", "nan"], r"^--fps: .* got nan"),
     (["--min-confidence", "5"], r"^--min-confidence: keypoint confidences are in \[0, 1\], got 5.0"),
     (["--min-confidence", "-0.1"], r"^--min-confidence: .* got -0.1"),
     (["--min-points", "0"], r"^--min-points: a hand has 21 keypoints, expected 1..21, got 0"),

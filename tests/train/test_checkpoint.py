@@ -7,6 +7,8 @@ import torch
 
 from ipa.train import checkpoint
 
+from .ranks import run_ranks
+
 
 def _fake_checkpoint(out, data):
     root = checkpoint.checkpoint_dir(out) / "step00000003"
@@ -63,31 +65,14 @@ class _Engine:
         return load_dir, {"step": int(tag.removeprefix("step"))}
 
 
-def _resume_on_rank(rank, world, port, dirs, results):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        tag = checkpoint.agreed_latest_tag(dirs[rank])
-        results[rank] = ("ok", tag, checkpoint.load(_Engine(), dirs[rank]))
-    except (ValueError, FileNotFoundError) as e:
-        results[rank] = (type(e).__name__, str(e))
-    finally:
-        dist.destroy_process_group()
+def _resume_on_rank(rank, dirs):
+    tag = checkpoint.agreed_latest_tag(dirs[rank])
+    return tag, checkpoint.load(_Engine(), dirs[rank])
 
 
 def _run_ranks(dirs):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_resume_on_rank, args=(len(dirs), port, [str(d) for d in dirs], results), nprocs=len(dirs))
-        return [results[r] for r in range(len(dirs))]
+    return [(kind, *value) if kind == "ok" else (kind, value)
+            for kind, value in run_ranks(len(dirs), _resume_on_rank, [str(d) for d in dirs])]
 
 
 @pytest.mark.multiprocess

@@ -167,7 +167,8 @@ def test_precomputed_reference_matches_online_copy(data, tmp_path):
                             capture_output=True, text=True, timeout=240, start_new_session=True, check=False)
     assert killed.returncode == 9, killed.stderr[-3000:]
     assert not store.exists() and len(ReferenceStore.load(partial)) == 7
-    # A rerun with other draw settings is refused before any rank starts, keeping the file.
+    # A rerun with other draw settings is refused before any rank starts, keeping the file (under
+    # an outside launcher every rank refuses: test_store's broadcast test).
     other = ipa("precompute-reference", "--nproc", "2", *args, "run.seed=5", check=False)
     assert other.returncode == 2 and "run.seed: 0 there, 5 here" in other.stderr and partial.is_file()
     # Two ranks finish what one began, under ZeRO-3: the one sample left, while the rank with none

@@ -1,13 +1,15 @@
 """A precomputed reference store that cannot serve the run is refused before the first step; an
 interrupted precompute pass resumes from its partial store only when the settings match."""
 
-import os
+from pathlib import Path
 
 import pytest
 
 from ipa.models import ReferenceStore
 from ipa.train.config import TrainConfig
-from ipa.train.precompute import _agreed_done_samples, _resume, check_store
+from ipa.train.precompute import _agreed_done_samples, _atomic_save, _resume, check_store
+
+from .ranks import run_ranks
 
 
 def _store(**meta):
@@ -65,6 +67,9 @@ def test_store_of_another_compute_dtype_is_refused():
 
 # -- resuming an interrupted `ipa precompute-reference` ------------------------------------------
 
+DIGESTS = {"a": "aa" * 32, "b": "bb" * 32}  # the dataset manifest's sha256 per sample
+
+
 def _partial(tmp_path, n_draws=2, **meta):
     """A partial store of samples a, b as an interrupted pass leaves it (loser errors when
     meta says losers); the path."""
@@ -72,22 +77,33 @@ def _partial(tmp_path, n_draws=2, **meta):
     for i, sid in enumerate(("a", "b")):
         for d in range(n_draws):
             store.add(sid, d, 0.25 * (d + 1), 1.5 + i + d, 5.0 + i + d if meta.get("losers") else None)
+        store.set_digest(sid, DIGESTS[sid])
     return store.save(tmp_path / "ref.safetensors.partial")
 
 
 def test_resume_loads_the_finished_samples_of_a_matching_partial_store(tmp_path):
-    path = _partial(tmp_path)
-    store = ReferenceStore(2, seed=0, sampling="uniform", family="wan-vace")
-    assert _resume(store, path) == ["a", "b"]
+    path = _partial(tmp_path, source="/old/path")
+    store = ReferenceStore(2, seed=0, sampling="uniform", family="wan-vace", source="/new/path")
+    assert _resume(store, path, DIGESTS) == ["a", "b"]  # the model's path may differ (another machine)
     err, t = store.lookup(["a", "b", "b"], [1, 0, 1])
     assert err.tolist() == [2.5, 2.5, 3.5] and t.tolist() == [0.5, 0.25, 0.5]
-    assert _resume(ReferenceStore(2), tmp_path / "absent.partial") == []
+    assert store.digest("b") == DIGESTS["b"]
+    assert _resume(ReferenceStore(2), tmp_path / "absent.partial", DIGESTS) == []
+
+
+def test_resume_computes_again_the_samples_whose_data_changed(tmp_path, capsys):
+    # b re-encoded (or its hand mask redone) since the interrupted pass; c is new; a is unchanged
+    path = _partial(tmp_path)
+    store = ReferenceStore(2, seed=0, sampling="uniform", family="wan-vace")
+    assert _resume(store, path, {"a": DIGESTS["a"], "b": "cc" * 32, "c": "dd" * 32}) == ["a"]
+    assert store.sample_ids() == ["a"] and store.digest("b") is None
+    assert "1 sample(s) differ from data.path's manifest (e.g. 'b')" in capsys.readouterr().out
 
 
 def test_resume_keeps_the_loser_errors_of_a_dpo_pass(tmp_path):
     path = _partial(tmp_path, losers=True)
     store = ReferenceStore(2, seed=0, sampling="uniform", family="wan-vace", losers=True)
-    assert _resume(store, path) == ["a", "b"]
+    assert _resume(store, path, DIGESTS) == ["a", "b"]
     assert store.lookup(["a", "b"], [0, 1], loser=True)[0].tolist() == [5.0, 7.0]
 
 
@@ -101,7 +117,7 @@ def test_resume_refuses_a_partial_store_of_other_settings(tmp_path, n_draws, met
     path = _partial(tmp_path)
     store = ReferenceStore(n_draws, **{"sampling": "uniform", "family": "wan-vace", **meta})
     with pytest.raises(ValueError, match=match + r".*delete it to start over"):
-        _resume(store, path)
+        _resume(store, path, DIGESTS)
     assert len(store) == 0 and path.is_file()  # nothing loaded, nothing deleted
 
 
@@ -109,22 +125,45 @@ def test_resume_names_an_unreadable_partial_store(tmp_path):
     path = tmp_path / "ref.safetensors.partial"
     path.write_bytes(b"not a store")
     with pytest.raises(ValueError, match=r"ref.safetensors.partial'?: not a readable partial reference store"):
-        _resume(ReferenceStore(2), path)
+        _resume(ReferenceStore(2), path, DIGESTS)
 
 
-def test_rank_0s_resume_verdict_goes_through_the_broadcast(tmp_path, monkeypatch):
-    """The done set and the refusal both travel in rank 0's broadcast (one process here; two ranks
-    refusing together are in test_distributed)."""
-    import torch.distributed as dist
+def _verdicts_on_rank(rank, partial_paths):
+    """What each rank makes of: a matching partial store, one of another seed, a failure on rank 0."""
+    out = []
+    for seed, broken in ((0, False), (5, False), (0, True)):
+        store = None if broken else ReferenceStore(2, seed=seed, sampling="uniform", family="wan-vace")
+        try:
+            out.append(sorted(_agreed_done_samples(store, Path(partial_paths[rank]), DIGESTS, rank)))
+        except ValueError as e:
+            out.append(str(e))
+    return out
 
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(29900 + os.getpid() % 90))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        path = _partial(tmp_path)
-        assert _agreed_done_samples(ReferenceStore(2, seed=0, sampling="uniform", family="wan-vace"),
-                                    path, rank=0) == {"a", "b"}
-        with pytest.raises(ValueError, match=r"run.seed: 0 there, 5 here"):
-            _agreed_done_samples(ReferenceStore(2, seed=5, sampling="uniform", family="wan-vace"), path, rank=0)
-    finally:
-        dist.destroy_process_group()
+
+@pytest.mark.multiprocess
+def test_every_rank_takes_rank_0s_resume_verdict(tmp_path):
+    """Rank 1 reads no file (here its disk has none): the done set, a refusal and an unexpected
+    error on rank 0 all reach it through the broadcast, so both ranks go on or stop together."""
+    paths = [str(_partial(tmp_path)), str(tmp_path / "node1-local" / "ref.safetensors.partial")]
+    for kind, (done, refused, failed) in run_ranks(2, _verdicts_on_rank, paths):
+        assert kind == "ok" and done == ["a", "b"]
+        assert "run.seed: 0 there, 5 here" in refused and failed.startswith("AttributeError: ")
+
+
+def test_atomic_save_leaves_the_file_whole_and_no_temporary(tmp_path):
+    store = ReferenceStore(1, seed=0)
+    store.add("a", 0, 0.5, 1.0)
+    store.set_digest("a", DIGESTS["a"])
+    _atomic_save(store, tmp_path / "ref.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["ref.safetensors"]
+    again = ReferenceStore.load(tmp_path / "ref.safetensors")
+    assert again.lookup(["a"], [0])[0].tolist() == [1.0] and again.digest("a") == DIGESTS["a"]
+
+
+def test_training_refuses_a_store_computed_on_other_data():
+    store = _store()
+    store.set_digest("a", DIGESTS["a"])
+    check_store(_cfg(), store, ["a", "b"], {"a": DIGESTS["a"], "b": "ee" * 32})  # b: no digest recorded
+    with pytest.raises(ValueError, match=r"^reference.store: .* holds errors computed on other data for 1 "
+                                         r"sample\(s\) of data.path .*\['a'\]"):
+        check_store(_cfg(), store, ["a", "b"], {"a": "ff" * 32, "b": "ee" * 32})

@@ -95,15 +95,19 @@ def _flow_inputs(x0, noise, t):
 class ReferenceStore:
     """Per-sample reference errors (and their timesteps) for draws 0..n_draws-1.
 
-    On disk: one safetensors file, tensors ``err/<sample_id>`` and ``t/<sample_id>`` of shape
-    [n_draws] (float32, NaN where a draw was not computed), for DPO also ``err_loser/<sample_id>``
-    (the error on the sample's loser latent under the same noise and t), optionally
-    ``sha256/<sample_id>`` (uint8 [32], the dataset manifest's checksum of the sample the errors
-    were computed on), and the settings that produced them (seed, sampling, shift, HALO weights,
-    ...) as JSON metadata under ``ipa_reference_store``.
+    On disk: one safetensors file holding a few [N, ...] tensors, row i for sample ``ids[i]``:
+    ``err`` and ``t`` [N, n_draws] float32 (NaN where a draw was not computed), for DPO also
+    ``err_loser`` (the error on the sample's loser latent under the same noise and t), optionally
+    ``sha256`` [N, 32] uint8 (the dataset manifest's checksum of the sample the errors were
+    computed on; zeros: not recorded). The settings that produced them (seed, sampling, shift, HALO
+    weights, ...) are JSON metadata under ``ipa_reference_store``, the ids under
+    ``ipa_reference_ids``. A few large tensors rather than one per sample: a 100k-sample store
+    saves in well under a second (a pass rewrites it every few minutes) and stays far below
+    safetensors' 100 MB header limit. Stores of the first format (``err/<id>`` ... per sample) load.
     """
 
     META_KEY = "ipa_reference_store"
+    IDS_KEY = "ipa_reference_ids"
     _KINDS = ("err", "t", "err_loser")
 
     def __init__(self, n_draws, **meta):
@@ -178,12 +182,18 @@ class ReferenceStore:
     def save(self, path):
         from safetensors.torch import save_file
 
-        tensors = {f"{kind}/{sid}": row for kind, rows in self._data.items() for sid, row in rows.items()}
-        tensors.update({f"sha256/{sid}": torch.frombuffer(bytearray.fromhex(h), dtype=torch.uint8)
-                        for sid, h in self._digests.items()})
+        ids = self.sample_ids()
+        nan_row = torch.full((self.n_draws,), float("nan"))
+        tensors = {kind: torch.stack([rows.get(sid, nan_row) for sid in ids]) if ids
+                   else torch.zeros(0, self.n_draws)
+                   for kind, rows in self._data.items() if rows or kind != "err_loser"}
+        if self._digests:
+            packed = bytearray(b"".join(bytes.fromhex(self._digests.get(sid, "00" * 32)) for sid in ids))
+            tensors["sha256"] = torch.frombuffer(packed, dtype=torch.uint8).reshape(len(ids), 32)
         meta = {"n_draws": self.n_draws, **self.meta}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={self.META_KEY: json.dumps(meta, sort_keys=True)})
+        save_file(tensors, str(path), metadata={self.META_KEY: json.dumps(meta, sort_keys=True),
+                                                self.IDS_KEY: json.dumps(ids)})
         return Path(path)
 
     @classmethod
@@ -193,16 +203,36 @@ class ReferenceStore:
         if not Path(path).is_file():
             raise ValueError(f"reference store {str(path)!r} does not exist")
         with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get(cls.META_KEY, "null") or "null")
+            header = f.metadata() or {}
+            meta = json.loads(header.get(cls.META_KEY, "null") or "null")
             if meta is None:
                 raise ValueError(f"{str(path)!r} is not an ipa reference store (no {cls.META_KEY} metadata)")
             store = cls(meta.pop("n_draws"), **meta)
-            for key in f.keys():
-                kind, sid = key.split("/", 1)
-                if kind == "sha256":
-                    store._digests[sid] = bytes(f.get_tensor(key).tolist()).hex()
-                elif kind in store._data:
-                    store._data[kind][sid] = f.get_tensor(key)
-                else:
-                    raise ValueError(f"{str(path)!r}: unknown tensor {key!r} in a reference store")
+            if cls.IDS_KEY in header:
+                store._read_tables(f, json.loads(header[cls.IDS_KEY]), path)
+            else:
+                store._read_per_sample(f, path)
         return store
+
+    def _read_tables(self, f, ids, path):
+        """The [N, ...] tensors of the current format; row i is sample ids[i]."""
+        for kind in f.keys():
+            table = f.get_tensor(kind)
+            if kind == "sha256":  # zero rows: no digest recorded
+                self._digests.update({sid: row.tobytes().hex() for sid, row in zip(ids, table.numpy()) if row.any()})
+            elif kind in self._data:  # all-NaN loser rows: no loser error stored
+                keep = (~table.isnan().all(1)).tolist() if kind == "err_loser" else [True] * len(ids)
+                self._data[kind].update({sid: row for sid, row, k in zip(ids, table.unbind(0), keep) if k})
+            else:
+                raise ValueError(f"{str(path)!r}: unknown tensor {kind!r} in a reference store")
+
+    def _read_per_sample(self, f, path):
+        """The first format: tensors ``<kind>/<sample_id>``."""
+        for key in f.keys():
+            kind, sid = key.split("/", 1)
+            if kind == "sha256":
+                self._digests[sid] = bytes(f.get_tensor(key).tolist()).hex()
+            elif kind in self._data:
+                self._data[kind][sid] = f.get_tensor(key)
+            else:
+                raise ValueError(f"{str(path)!r}: unknown tensor {key!r} in a reference store")

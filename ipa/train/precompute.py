@@ -14,6 +14,7 @@ refused before any forward, naming the setting.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,16 +42,17 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int =
     dataset = ShardDataset(cfg.data.path)
     digests = {rec["id"]: rec["sha256"] for rec in dataset.records}
     store = new_store(cfg, draws)
-    done = _agreed_done_samples(store, partial_path, digests, rank)
+    done = set(_on_rank_0(lambda: _resume(store, partial_path, digests)))
     todo = [i for i, rec in enumerate(dataset.records) if rec["id"] not in done]  # the same on every rank
     if done:
         _say(rank, f"resuming from {partial_path}: {len(dataset) - len(todo)} of {len(dataset)} samples done")
     if todo:
         _compute(cfg, store, dataset, todo, draws, save_every, device, out_path)
-    elif rank == 0:  # killed after the finished store was written, before the partial was removed
-        _atomic_save(store, out_path)
+    else:  # the partial store holds every sample already (the dataset shrank, or the store was lost)
+        _on_rank_0(lambda: _atomic_save(store, out_path))
     if rank == 0:
         partial_path.unlink(missing_ok=True)
+        _temporary(partial_path).unlink(missing_ok=True)  # left by a kill mid-write
     losers = " (winner and loser)" if store.meta["losers"] else ""
     _say(rank, f"wrote {len(store)} samples x {draws} draws of reference errors{losers} to {out_path}")
     dist.barrier()
@@ -96,7 +98,8 @@ def _compute(cfg, store, dataset, todo, draws, save_every, device, out_path):
                 for row in (row for part in gathered for row in part):
                     store.add(*row)
                     store.set_digest(row[0], digests[row[0]])
-                _atomic_save(store, out_path if last else _partial_path(out_path))
+            # a failed write (disk full...) stops every rank, not only rank 0
+            _on_rank_0(partial(_atomic_save, store, out_path if last else _partial_path(out_path)))
 
 
 def _say(rank: int, text: str) -> None:
@@ -137,25 +140,25 @@ def _partial_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".partial")
 
 
-def _agreed_done_samples(store, partial_path: Path, digests: dict, rank: int) -> set[str]:
-    """Rank 0 reads the partial store and tells every rank what is done (or why it cannot resume),
-    so all ranks agree on the work left, or raise together, without needing shared storage."""
+def _temporary(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _on_rank_0(fn):
+    """`fn()` on rank 0 (reading or writing the store: rank 0's disk alone), its result broadcast to
+    every rank; if it raises, every rank raises a ValueError with its message. So the ranks agree on
+    the work left, or stop together, instead of waiting in the next collective for a rank that died."""
     verdict = [None]
-    if rank == 0:
+    if dist.get_rank() == 0:
         try:
-            verdict[0] = ("ok", _resume(store, partial_path, digests))
-        except Exception as e:  # any failure must reach the other ranks, or they wait in the broadcast
+            verdict[0] = ("ok", fn())
+        except Exception as e:  # whatever it is, the other ranks must hear of it
             verdict[0] = ("error", str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
     dist.broadcast_object_list(verdict, src=0)
     status, payload = verdict[0]
     if status == "error":
         raise ValueError(payload)
-    return set(payload)
-
-
-# settings a partial store may differ in: the model's path (the same checkpoint lives under other
-# paths on other machines, as for training's store check)
-_PATH_ONLY = ("source",)
+    return payload
 
 
 def _resume(store, partial_path: Path, digests: dict) -> list[str]:
@@ -165,18 +168,21 @@ def _resume(store, partial_path: Path, digests: dict) -> list[str]:
     if not partial_path.is_file():
         return []
     try:
-        partial = models.ReferenceStore.load(partial_path)
+        earlier = models.ReferenceStore.load(partial_path)
     except Exception as e:  # a foreign or damaged file: say so rather than overwrite it
         raise ValueError(f"{str(partial_path)!r}: not a readable partial reference store ({e}); "
                          "delete it to start over") from e
-    theirs, ours = {"n_draws": partial.n_draws, **partial.meta}, {"n_draws": store.n_draws, **store.meta}
-    differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k) and k not in _PATH_ONLY]
+    theirs, ours = {"n_draws": earlier.n_draws, **earlier.meta}, {"n_draws": store.n_draws, **store.meta}
+    # The model's path is compared too: the other settings do not tell two checkpoints apart, and a
+    # store mixing two models' errors would pass every later check.
+    differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
     if differ:
         what = ", ".join(f"{_SETTING_NAMES.get(k, k)}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
         raise ValueError(f"{str(partial_path)!r} holds an interrupted pass made with other settings ({what}); "
-                         "rerun with its settings to finish it, or delete it to start over")
-    store.update(partial)
-    changed = [sid for sid in partial.sample_ids() if partial.digest(sid) != digests.get(sid)]
+                         "rerun with its settings to finish it (the same checkpoint at its old path: a symlink "
+                         "will do), or delete it to start over")
+    store.update(earlier)
+    changed = [sid for sid in earlier.sample_ids() if earlier.digest(sid) != digests.get(sid)]
     for sid in changed:  # re-encoded, new masks, or not in this dataset: computed again (or dropped)
         store.discard(sid)
     if changed:
@@ -188,7 +194,7 @@ def _resume(store, partial_path: Path, digests: dict) -> list[str]:
 def _atomic_save(store, path: Path) -> None:
     """Write next to `path`, flush it to disk, then rename over it: a kill, a crash or a power loss
     at any moment leaves either the previous file or the new one, whole."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temporary(path)
     store.save(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())

@@ -164,3 +164,27 @@ def test_draw_seed_is_a_fixed_function():
     # Pinned value: a change here would silently invalidate every precomputed store on disk.
     assert draw_seed(0, "a", 0) == 1281120563738345437
     assert 0 <= draw_seed(2**40, "x" * 1000, 10**6) < 2**63
+
+
+def test_store_file_round_trip_and_the_first_format(tmp_path):
+    from safetensors.torch import save_file
+
+    store = ReferenceStore(2, seed=3, losers=True)
+    store.add("a", 0, 0.25, 1.0, 5.0)
+    store.add("b", 1, 0.75, 2.0)  # no loser error, draw 0 not computed, no digest
+    store.set_digest("a", "ab" * 32)
+    again = ReferenceStore.load(store.save(tmp_path / "s.safetensors"))
+    assert again.meta == store.meta and again.sample_ids() == ["a", "b"]
+    assert again.lookup(["a", "b"], [0, 1])[0].tolist() == [1.0, 2.0]
+    assert again.lookup(["a"], [0], loser=True)[0].tolist() == [5.0]
+    with pytest.raises(ValueError, match="no loser error for sample 'b' draw 1"):
+        again.lookup(["b"], [1], loser=True)
+    with pytest.raises(ValueError, match="no error for sample 'b' draw 0"):
+        again.lookup(["b"], [0])
+    assert again.digest("a") == "ab" * 32 and again.digest("b") is None
+    assert len(ReferenceStore.load(ReferenceStore(2).save(tmp_path / "empty.safetensors"))) == 0
+    # stores written before the tables: one tensor per sample and kind
+    save_file({"err/a": torch.tensor([1.0, 2.0]), "t/a": torch.tensor([0.1, 0.2])}, str(tmp_path / "v1.safetensors"),
+              metadata={ReferenceStore.META_KEY: '{"n_draws": 2, "seed": 3}'})
+    old = ReferenceStore.load(tmp_path / "v1.safetensors")
+    assert old.meta == {"seed": 3} and old.lookup(["a"], [1])[0].tolist() == [2.0] and old.digest("a") is None

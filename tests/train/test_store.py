@@ -7,7 +7,7 @@ import pytest
 
 from ipa.models import ReferenceStore
 from ipa.train.config import TrainConfig
-from ipa.train.precompute import _agreed_done_samples, _atomic_save, _resume, check_store
+from ipa.train.precompute import _atomic_save, _on_rank_0, _resume, check_store
 
 from .ranks import run_ranks
 
@@ -82,9 +82,9 @@ def _partial(tmp_path, n_draws=2, **meta):
 
 
 def test_resume_loads_the_finished_samples_of_a_matching_partial_store(tmp_path):
-    path = _partial(tmp_path, source="/old/path")
-    store = ReferenceStore(2, seed=0, sampling="uniform", family="wan-vace", source="/new/path")
-    assert _resume(store, path, DIGESTS) == ["a", "b"]  # the model's path may differ (another machine)
+    path = _partial(tmp_path)
+    store = ReferenceStore(2, seed=0, sampling="uniform", family="wan-vace")
+    assert _resume(store, path, DIGESTS) == ["a", "b"]
     err, t = store.lookup(["a", "b", "b"], [1, 0, 1])
     assert err.tolist() == [2.5, 2.5, 3.5] and t.tolist() == [0.5, 0.25, 0.5]
     assert store.digest("b") == DIGESTS["b"]
@@ -112,6 +112,8 @@ def test_resume_keeps_the_loser_errors_of_a_dpo_pass(tmp_path):
     (3, {"seed": 0}, r"--draws: 2 there, 3 here"),
     (2, {"seed": 0, "compute_dtype": "bfloat16"}, r"model.dtype / deepspeed.bf16: None there, 'bfloat16' here"),
     (2, {"seed": 0, "losers": True}, r"loser errors \(objective.name=dpo\): None there, True here"),
+    # the settings do not tell two checkpoints apart: a store must not mix two models' errors
+    (2, {"seed": 0, "source": "/ckpt/sft"}, r"model.source: None there, '/ckpt/sft' here.*a symlink will do"),
 ])
 def test_resume_refuses_a_partial_store_of_other_settings(tmp_path, n_draws, meta, match):
     path = _partial(tmp_path)
@@ -128,26 +130,34 @@ def test_resume_names_an_unreadable_partial_store(tmp_path):
         _resume(ReferenceStore(2), path, DIGESTS)
 
 
-def _verdicts_on_rank(rank, partial_paths):
-    """What each rank makes of: a matching partial store, one of another seed, a failure on rank 0."""
+def _verdicts_on_rank(rank, partial_paths, unwritable):
+    """What each rank makes of: a matching partial store, one of another seed, a failure on rank 0,
+    a write that fails on rank 0."""
+    cases = [lambda seed=seed: _resume(ReferenceStore(2, seed=seed, sampling="uniform", family="wan-vace"),
+                                       Path(partial_paths[rank]), DIGESTS) for seed in (0, 5)]
+    cases += [lambda: _resume(None, Path(partial_paths[rank]), DIGESTS),
+              lambda: _atomic_save(ReferenceStore(1), Path(unwritable))]
     out = []
-    for seed, broken in ((0, False), (5, False), (0, True)):
-        store = None if broken else ReferenceStore(2, seed=seed, sampling="uniform", family="wan-vace")
+    for case in cases:
         try:
-            out.append(sorted(_agreed_done_samples(store, Path(partial_paths[rank]), DIGESTS, rank)))
+            out.append(_on_rank_0(case))
         except ValueError as e:
             out.append(str(e))
     return out
 
 
 @pytest.mark.multiprocess
-def test_every_rank_takes_rank_0s_resume_verdict(tmp_path):
-    """Rank 1 reads no file (here its disk has none): the done set, a refusal and an unexpected
-    error on rank 0 all reach it through the broadcast, so both ranks go on or stop together."""
+def test_every_rank_takes_rank_0s_verdict_on_the_store(tmp_path):
+    """Rank 1 reads and writes no file (here its disk has none): the done set, a refusal, an
+    unexpected error and a failed write on rank 0 all reach it through the broadcast, so both ranks
+    go on or stop together instead of waiting in the next collective."""
     paths = [str(_partial(tmp_path)), str(tmp_path / "node1-local" / "ref.safetensors.partial")]
-    for kind, (done, refused, failed) in run_ranks(2, _verdicts_on_rank, paths):
+    (tmp_path / "a-file").write_text("")
+    for kind, (done, refused, failed, unwritten) in run_ranks(2, _verdicts_on_rank, paths,
+                                                              str(tmp_path / "a-file" / "ref.safetensors")):
         assert kind == "ok" and done == ["a", "b"]
         assert "run.seed: 0 there, 5 here" in refused and failed.startswith("AttributeError: ")
+        assert unwritten.startswith(("FileExistsError: ", "NotADirectoryError: "))
 
 
 def test_atomic_save_leaves_the_file_whole_and_no_temporary(tmp_path):

@@ -17,7 +17,7 @@ from .inputs import FAMILIES, model_inputs, required_keys
 from .lora import (adapters_disabled, add_lora, export_lora, full_finetune, has_lora, load_lora,
                    lora_layers, lora_state_dict, trainable_parameters)
 from .reference import (MODES as REFERENCE_MODES, AdapterReference, CopyReference, PrecomputedReference,
-                        Reference, forward, precompute_reference_errors)
+                        Reference, forward, precompute_reference_errors, prediction_error)
 from .synthetic import synthetic_batch
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "lora_layers",
     "lora_state_dict", "export_lora", "load_lora",
     "Reference", "CopyReference", "AdapterReference", "PrecomputedReference", "precompute_reference_errors",
+    "prediction_error",
     "ReferenceStore", "draw_noise_and_t", "draw_seed", "flow_draw", "shift_timesteps",
 ]

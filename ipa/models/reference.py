@@ -181,14 +181,17 @@ def precompute_reference_errors(model, family, batches, *, n_draws, seed, sampli
         B = batch["x0"].shape[0]
         for d in range(n_draws):
             draw = flow_draw(batch, seed=seed, sampling=sampling, shift=shift, draws=[d] * B)
-            err = _error_on(model, family, batch, draw["noisy"], draw["t"], draw["target"], **halo_kw)
-            err_l = (_error_on(model, family, batch, draw["noisy_loser"], draw["t"], draw["target_loser"],
-                               **halo_kw).tolist() if losers else [None] * B)
+            err = prediction_error(model, family, batch, draw["noisy"], draw["t"], draw["target"], **halo_kw)
+            err_l = (prediction_error(model, family, batch, draw["noisy_loser"], draw["t"], draw["target_loser"],
+                                      **halo_kw).tolist() if losers else [None] * B)
             for sid, t, e, e_l in zip(batch["sample_id"], draw["t"].tolist(), err.tolist(), err_l):
                 store.add(sid, d, t, e, e_l)
     return store
 
 
-def _error_on(model, family, batch, noisy, t, target, **halo_kw):
+def prediction_error(model, family, batch, noisy_latents, timesteps, target, **halo_kw):
+    """Per-sample HALO error [B] of `model`'s prediction on `noisy_latents` (the batch's hand mask),
+    without gradient: one reference error of the offline passes. ``halo_kw`` as `Reference.error`."""
     with torch.no_grad():
-        return halo_error(forward(model, family, batch, noisy, t), target, batch.get("hand_mask"), **halo_kw)
+        pred = forward(model, family, batch, noisy_latents, timesteps)
+        return halo_error(pred, target, batch.get("hand_mask"), **halo_kw)

@@ -22,7 +22,6 @@ import torch.distributed as dist
 
 from ipa import models
 from ipa.data import ShardDataset, collate
-from ipa.ops import halo_error
 
 from . import engines
 from .config import TrainConfig, validate
@@ -73,6 +72,7 @@ def _compute(cfg, store, dataset, todo, draws, save_every, device, out_path):
 
     engine, *_ = deepspeed.initialize(model=model, config=conf)
     dtype, losers = engines.compute_dtype(cfg), store.meta["losers"]
+    halo_kw = {"hand_weight": cfg.objective.hand_weight, "skip_frames": cfg.objective.skip_frames}
     # Under ZeRO-3 every rank must run the same number of forwards (parameters are gathered
     # collectively), so a rank with fewer samples repeats its last one (or, with none left, the
     # dataset's first) and drops the result.
@@ -84,8 +84,10 @@ def _compute(cfg, store, dataset, todo, draws, save_every, device, out_path):
         batch = to_device(collate([dataset[padded[min(r, len(padded) - 1)]]]), device, dtype)
         for d in range(draws):
             draw = flow_inputs(cfg, batch, d)
-            err = _error(cfg, engine, batch, draw["noisy"], draw["t"], draw["target"])
-            err_l = _error(cfg, engine, batch, draw["noisy_loser"], draw["t"], draw["target_loser"]) if losers else None
+            err = models.prediction_error(engine, cfg.model.family, batch, draw["noisy"], draw["t"], draw["target"],
+                                          **halo_kw)
+            err_l = (models.prediction_error(engine, cfg.model.family, batch, draw["noisy_loser"], draw["t"],
+                                             draw["target_loser"], **halo_kw) if losers else None)
             if r < len(mine):
                 rows.append((batch["sample_id"][0], d, float(draw["t"][0]), float(err[0]),
                              None if err_l is None else float(err_l[0])))
@@ -105,13 +107,6 @@ def _compute(cfg, store, dataset, todo, draws, save_every, device, out_path):
 def _say(rank: int, text: str) -> None:
     if rank == 0:
         print(text, flush=True)
-
-
-def _error(cfg: TrainConfig, engine, batch, noisy, t, target):
-    with torch.no_grad():
-        pred = models.forward(engine, cfg.model.family, batch, noisy, t)
-        return halo_error(pred, target, batch.get("hand_mask"), hand_weight=cfg.objective.hand_weight,
-                          skip_frames=cfg.objective.skip_frames)
 
 
 def store_path(cfg: TrainConfig, out_path=None) -> Path:

@@ -89,6 +89,10 @@ def run_train(args, argv=None):
         raise ValueError(f"run.output_dir {cfg.run.output_dir!r} already holds checkpoints: pass --resume "
                          "to continue that run, or choose a new --output-dir")
     if args.nproc and "RANK" not in os.environ:
+        if cfg.reference.mode == "precomputed":
+            from .precompute import check_store_file
+
+            check_store_file(cfg)  # one clear error here, not one per rank after the model build
         return _relaunch(args, ["ipa.train", *_argv_without_nproc(argv if argv is not None else sys.argv[2:])])
     from .loop import train
 

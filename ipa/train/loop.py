@@ -189,16 +189,15 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.run.seed)
 
     dataset = ShardDataset(cfg.data.path)
+    if cfg.reference.mode == "precomputed":  # before the model build: a stale store fails in seconds
+        from .precompute import check_store_file
+
+        check_store_file(cfg, dataset.records)
     sampler = ResumableSampler(len(dataset), rank=rank, world_size=world, batch_size=cfg.data.micro_batch,
                                seed=cfg.run.seed)
     engine, _ = engines.build_policy(cfg, device, world)
     dtype = engines.compute_dtype(cfg)
     reference = engines.build_reference(cfg, engine, device, world)
-    if reference is not None and reference.mode == "precomputed":
-        from .precompute import check_store
-
-        check_store(cfg, reference.store, [r["id"] for r in dataset.records],
-                    {r["id"]: r["sha256"] for r in dataset.records})
 
     micro, accum = cfg.data.micro_batch, cfg.data.grad_accum
     layout = {"world_size": world, "micro_batch": micro, "grad_accum": accum}

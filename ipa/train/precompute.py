@@ -39,7 +39,7 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int =
     out_path = store_path(cfg, out_path)
     partial_path = _partial_path(out_path)
     dataset = ShardDataset(cfg.data.path)
-    digests = {rec["id"]: rec["sha256"] for rec in dataset.records}
+    digests = record_digests(dataset.records)
     store = new_store(cfg, draws)
     done = set(_on_rank_0(lambda: _resume(store, partial_path, digests)))
     todo = [i for i, rec in enumerate(dataset.records) if rec["id"] not in done]  # the same on every rank
@@ -62,7 +62,7 @@ def _compute(cfg, store, dataset, todo, draws, save_every, device, out_path):
     """The forwards over `todo` (dataset indices, split over the ranks), saving the partial store
     every `save_every` rounds and the finished store after the last."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    digests = {rec["id"]: rec["sha256"] for rec in dataset.records}
+    digests = record_digests(dataset.records)
     conf = engines.deepspeed_config(cfg, world, stage=cfg.deepspeed.zero_stage if cfg.deepspeed.zero_stage == 3 else 0,
                                     inference=True)
     model = engines._build_model(cfg, device, conf, zero3=conf["zero_optimization"]["stage"] == 3)
@@ -125,10 +125,18 @@ def new_store(cfg: TrainConfig, draws: int):
 
 def check_resumable(cfg: TrainConfig, draws: int, out_path=None) -> None:
     """Before launching ranks: refuse a partial store of other settings (rank 0 checks again)."""
+    _resume(new_store(cfg, draws), _partial_path(store_path(cfg, out_path)), _manifest_digests(cfg))
+
+
+def record_digests(records) -> dict:
+    """sample id -> sha256 of a dataset's manifest records, in manifest order."""
+    return {rec["id"]: rec["sha256"] for rec in records}
+
+
+def _manifest_digests(cfg: TrainConfig) -> dict:
     from ipa.data.shards import read_manifest
 
-    digests = {rec["id"]: rec["sha256"] for rec in read_manifest(cfg.data.path)[1]}
-    _resume(new_store(cfg, draws), _partial_path(store_path(cfg, out_path)), digests)
+    return record_digests(read_manifest(cfg.data.path)[1])
 
 
 def _partial_path(out_path: Path) -> Path:
@@ -214,6 +222,14 @@ _STORE_KEYS = {"run.seed": "seed", "objective.timestep_sampling": "sampling", "o
 _SETTING_NAMES = {**{meta: key for key, meta in _STORE_KEYS.items()}, "n_draws": "--draws",
                   "source": "model.source", "compute_dtype": "model.dtype / deepspeed.bf16",
                   "losers": "loser errors (objective.name=dpo)"}
+
+
+def check_store_file(cfg: TrainConfig, records=None) -> None:
+    """`check_store` of the file `reference.store` against the manifest `records` of data.path (read
+    when not given): what `ipa train --nproc` runs before any rank starts, and every rank before its
+    model build (outside launchers)."""
+    digests = record_digests(records) if records is not None else _manifest_digests(cfg)
+    check_store(cfg, models.ReferenceStore.load(cfg.reference.store), list(digests), digests)
 
 
 def check_store(cfg: TrainConfig, store, sample_ids, digests=None) -> None:

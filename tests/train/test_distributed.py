@@ -195,6 +195,35 @@ def test_precomputed_reference_matches_online_copy(data, tmp_path):
     assert len(pre_err) == len(online_err) == 3 and pre_err[0] == online_err[0]
     assert pre_err[1:] == pytest.approx(online_err[1:], rel=1e-5)
 
+    # The store no longer fits data whose sample changed since the pass: `--nproc` refuses before
+    # any rank starts, a single process (what outside launchers start) before the first step.
+    changed = with_new_hand_mask(data, tmp_path / "changed", index=3)
+    for launch, run in (("--nproc", train), ("one process", train_single)):
+        refused = run(tmp_path / f"stale_{launch}", changed, *precomputed, *common, check=False)
+        assert refused.returncode == 2 and "computed on other data for 1 sample(s)" in refused.stderr, launch
+        assert "ChildFailedError" not in refused.stderr  # --nproc: torchrun never started
+        assert "synth-1-00003" in refused.stderr and not (tmp_path / f"stale_{launch}" / "metrics.jsonl").exists()
+
+
+def train_single(out, data, *overrides, check=True):
+    return ipa("train", "--config", TINY, "--output-dir", str(out), f"data.path={data}", *overrides, check=check)
+
+
+def with_new_hand_mask(src, dst, *, index):
+    """A copy of dataset `src` (same sample ids) whose sample `index` has other hand masks."""
+    from ipa.data import ShardDataset, ShardWriter
+
+    dataset = ShardDataset(src)
+    info = {k: v for k, v in dataset.info.items() if k not in ("format", "version", "samples")}
+    with ShardWriter(dst, **info) as writer:
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            sample_id = sample.pop("sample_id")
+            if i == index:
+                sample["hand_mask"] = 1 - sample["hand_mask"]
+            writer.add(sample_id, sample)
+    return dst
+
 
 def test_exported_lora_loads_into_a_fresh_transformer_and_changes_it(zero2_adapter):
     from ipa.models import build_transformer, load_lora, synthetic_batch

@@ -10,6 +10,7 @@ API loads as a hand_landmarker bundle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 MODEL_ENV = "IPA_HAND_MODEL"
+NATIVE_LOGS_ENV = "IPA_MEDIAPIPE_LOGS"
 SOURCE_WHEEL = "mediapipe==0.10.21"
 BUNDLE_ENTRIES = {
     "hand_detector.tflite": "mediapipe/modules/palm_detection/palm_detection_full.tflite",
@@ -95,6 +97,33 @@ def _check_image(image, arg="image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+@contextlib.contextmanager
+def native_logs_held():
+    """MediaPipe's C++ (LiteRT, XNNPACK, glog) writes ~15 INFO/WARNING lines straight to file
+    descriptor 2 per detector, with no switch to turn them off (google-ai-edge/mediapipe#5737).
+    Hold what fd 2 receives in a temporary file: dropped when the block succeeds, written out when it
+    raises (it is the diagnosis). `IPA_MEDIAPIPE_LOGS=1` lets everything through."""
+    if os.environ.get(NATIVE_LOGS_ENV) == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            except BaseException:
+                os.dup2(saved, 2)
+                held.seek(0)
+                os.write(2, held.read())
+                raise
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 class HandDetector:
     """MediaPipe HandLandmarker for single images (`detect`) and videos (`detect_video`).
 
@@ -115,7 +144,8 @@ class HandDetector:
         options = vision.HandLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(self.model_path)),
             running_mode=getattr(vision.RunningMode, mode), **self._settings)
-        return vision.HandLandmarker.create_from_options(options)
+        with native_logs_held():
+            return vision.HandLandmarker.create_from_options(options)
 
     @staticmethod
     def _hands(result, width, height) -> list[Hand]:
@@ -130,7 +160,8 @@ class HandDetector:
         import mediapipe as mp
 
         image = _check_image(image)
-        result = self._image.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
+        with native_logs_held():
+            result = self._image.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
         return self._hands(result, image.shape[1], image.shape[0])
 
     def detect_video(self, frames, fps: float = 30.0, progress: bool = False) -> list[list[Hand]]:
@@ -142,17 +173,23 @@ class HandDetector:
         if not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps!r}")
         out = []
-        with self._landmarker("VIDEO") as video:
+        video = self._landmarker("VIDEO")
+        try:  # the logs are held call by call: the progress bar writes to fd 2 between them
             for t, frame in enumerate(tqdm(frames, desc="detecting hands", unit="frame", disable=not progress)):
                 frame = _check_image(frame, f"frames[{t}]")
-                result = video.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=frame),
-                                                int(round(t * 1000 / fps)))
+                with native_logs_held():
+                    result = video.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=frame),
+                                                    int(round(t * 1000 / fps)))
                 out.append(self._hands(result, frame.shape[1], frame.shape[0]))
+        finally:
+            with native_logs_held():
+                video.close()
         return out
 
     def close(self):
         if self._image is not None:
-            self._image.close()
+            with native_logs_held():
+                self._image.close()
             self._image = None
 
     def __enter__(self):

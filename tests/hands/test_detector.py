@@ -1,9 +1,13 @@
 """MediaPipe detection on real COCO photos from ../shared/data/hands (skipped, saying why, without it)."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from ipa.hands import HandDetector, hand_masks, hands_from_detections, resolve_model_path
+from ipa.hands.detector import NATIVE_LOGS_ENV, native_logs_held
 from ipa.hands.media import read_image
 
 # Hand regions (x0, y0, x1, y1) checked by eye on the photos (and with `ipa hands detect --preview`).
@@ -71,3 +75,28 @@ def test_bad_image_and_missing_model(tmp_path, detector, monkeypatch):
         resolve_model_path()
     with pytest.raises(FileNotFoundError, match="model_path .* is not a file"):
         resolve_model_path(tmp_path / "missing.task")
+
+
+def test_native_logs_are_held_and_shown_when_the_call_fails(capfd, monkeypatch):
+    monkeypatch.delenv(NATIVE_LOGS_ENV, raising=False)
+    with native_logs_held():
+        os.write(2, b"INFO: chatter\n")
+    with pytest.raises(RuntimeError, match="graph failed"), native_logs_held():
+        os.write(2, b"E0000 the diagnosis\n")
+        raise RuntimeError("graph failed")
+    print("after", file=sys.stderr)  # fd 2 is back
+    assert capfd.readouterr().err == "E0000 the diagnosis\nafter\n"
+    monkeypatch.setenv(NATIVE_LOGS_ENV, "1")
+    with native_logs_held():
+        os.write(2, b"INFO: shown\n")
+    assert capfd.readouterr().err == "INFO: shown\n"
+
+
+@pytest.mark.parametrize("shown", [False, True])
+def test_detection_keeps_mediapipe_logs_off_stderr(shared_dir, hand_model, capfd, monkeypatch, shown):
+    monkeypatch.setenv(NATIVE_LOGS_ENV, "1" if shown else "0")
+    img = photo(shared_dir, "COCO_val2014_000000000459.jpg")
+    with HandDetector(hand_model) as det:  # a fresh one: MediaPipe logs as it builds and closes
+        assert det.detect(img) and det.detect_video(np.stack([img, img]), fps=8)
+    err = capfd.readouterr().err
+    assert ("LiteRT" in err) == shown, err

@@ -75,7 +75,7 @@ phase() {  # phase NAME SECONDS COMMAND...: run under a limit, record how it end
 }
 
 HAVE_DIFFUSERS=$($PY -c "import diffusers" 2>/dev/null && echo 1)
-MODEL_TESTS=${HAVE_DIFFUSERS:+tests/models/test_attention.py tests/bench/test_model_bench.py}
+MODEL_TESTS=${HAVE_DIFFUSERS:+tests/models/test_attention.py tests/bench/test_model_bench.py tests/pipeline/test_gpu_generate.py}
 for p in $PHASES; do
   case $p in
     tests) phase tests "$TESTS_S" $PY -m pytest -m cuda tests/ops tests/bench/test_ops_bench.py \

@@ -66,7 +66,8 @@ def sample(model, cond: dict, seeds: list[int], *, steps: int, shift: float = 3.
 
     from ipa.models import model_inputs
 
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    # model.dtype, not the first parameter's: diffusers keeps Wan's scale_shift_table (first) in fp32
+    device, dtype = next(model.parameters()).device, model.dtype
     x0 = cond["x0"]
     B = x0.shape[0]
     if len(seeds) != B:

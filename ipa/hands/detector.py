@@ -102,7 +102,8 @@ def native_logs_held():
     """MediaPipe's C++ (LiteRT, XNNPACK, glog) writes ~15 INFO/WARNING lines straight to file
     descriptor 2 per detector, with no switch to turn them off (google-ai-edge/mediapipe#5737).
     Hold what fd 2 receives in a temporary file: dropped when the block succeeds, written out when it
-    raises (it is the diagnosis). `IPA_MEDIAPIPE_LOGS=1` lets everything through."""
+    raises (it is the diagnosis). fd 2 is process-wide: other threads' stderr in the window (a
+    MediaPipe call long) is held with it. `IPA_MEDIAPIPE_LOGS=1` lets everything through."""
     if os.environ.get(NATIVE_LOGS_ENV) == "1":
         yield
         return

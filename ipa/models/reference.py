@@ -33,8 +33,13 @@ def _unwrap(model):
 
 
 def forward(model, family, batch, noisy_latents, timesteps):
-    """Velocity prediction of `model` (a transformer or a wrapper of one) on `noisy_latents`."""
-    kwargs = model_inputs(family, batch, noisy_latents, timesteps, config=_unwrap(model).config)
+    """Velocity prediction of `model` (a transformer or a wrapper of one) on `noisy_latents`.
+
+    The latents, and with them the batch's conditions (`model_inputs`), go in the model's dtype
+    (``model.dtype``: diffusers skips the modules it keeps in fp32), so fp32 shards feed a bf16 model.
+    """
+    inner = _unwrap(model)
+    kwargs = model_inputs(family, batch, noisy_latents.to(inner.dtype), timesteps, config=inner.config)
     return model(**kwargs)[0]
 
 

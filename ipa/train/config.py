@@ -26,7 +26,7 @@ class ModelConfig:
     source: object = "tiny"
     """Local diffusers folder, "tiny" (diffusers' tiny test config) or a dict of config values."""
     dtype: str = "float32"
-    """Parameter dtype: float32, bfloat16 or float16."""
+    """Parameter dtype the model is loaded in: float32, or bfloat16 with deepspeed.bf16=true."""
     attention_backend: str = "auto"
     """auto | flash | sdpa-flash | sdpa-cudnn | sdpa-efficient | native."""
     gradient_checkpointing: bool = False
@@ -305,9 +305,15 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
              f"must be 0, 1, 2 or 3, got {ds.zero_stage!r}")
     if ds.config_path:
         _adopt_deepspeed_json(ds)
-    _require(ds.zero_stage != 3 or cfg.model.dtype == "float32" or ds.bf16, "deepspeed.bf16",
-             f"must be true with model.dtype={cfg.model.dtype} at ZeRO-3: zero.Init builds the parameters "
-             "in DeepSpeed's dtype, fp32 without its bf16 section, and half inputs would meet fp32 weights")
+    # Half weights train only under DeepSpeed bf16, whose optimizer keeps the fp32 master copy:
+    # AdamW on bf16 weights drops every update below 2^-8 of a weight (most of them at lr 1e-5).
+    _require(cfg.model.dtype != "float16", "model.dtype",
+             "float16 cannot train here (DeepSpeed's fp16 loss scaling is not supported, and under "
+             "deepspeed.bf16 the weights would be rounded twice): use bfloat16 with deepspeed.bf16=true")
+    _require(cfg.model.dtype == "float32" or ds.bf16, "deepspeed.bf16",
+             f"must be true with model.dtype={cfg.model.dtype}: DeepSpeed's bf16 optimizer keeps the fp32 "
+             "master weights; without it AdamW updates the bf16 weights themselves and loses most updates "
+             "(or set model.dtype=float32)")
     _require(isinstance(o.beta, (int, float)) and o.beta > 0, "objective.beta", f"must be > 0, got {o.beta!r}")
     _require(isinstance(o.hand_weight, (int, float)) and o.hand_weight >= 0, "objective.hand_weight",
              f"must be >= 0, got {o.hand_weight!r}")

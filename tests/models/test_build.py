@@ -67,6 +67,26 @@ def test_bf16_keeps_fp32_modules():
     assert dtypes["blocks.0.attn1.to_q.weight"] == torch.bfloat16
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_half_model_runs_on_fp32_batches(family):
+    """Shards are fp32; `forward` and the offline passes feed a bf16 model in bf16 (they used to pass
+    the fp32 latents through, and its convolutions refused them)."""
+    from ipa.models import flow_draw, forward, precompute_reference_errors, prediction_error
+
+    model = build_transformer(family, "tiny", dtype=torch.bfloat16, seed=0)
+    batch = synthetic_batch(family, model.config, 2, 2, 4, 4, seed=1)
+    draw = flow_draw(batch, seed=0, draws=[0, 0])
+    half = {k: v.bfloat16() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+    with torch.no_grad():
+        pred = forward(model, family, batch, draw["noisy"], draw["t"])
+        assert pred.dtype == torch.bfloat16
+        assert torch.equal(pred, forward(model, family, half, draw["noisy"].bfloat16(), draw["t"]))
+    err = prediction_error(model, family, batch, draw["noisy"], draw["t"], draw["target"])
+    assert err.dtype == torch.float32 and torch.isfinite(err).all()
+    store = precompute_reference_errors(model, family, [batch], n_draws=1, seed=0)
+    assert store.lookup(batch["sample_id"], [0, 0])[0].tolist() == err.tolist()
+
+
 def test_dict_source_and_local_folder_roundtrip(tmp_path):
     cfg = tiny_config("wan")
     cfg["num_layers"] = 1

@@ -66,12 +66,18 @@ def test_bad_values_name_the_key(override, key, data):
         load_config(CONFIGS[0], [f"data.path={data}", override])
 
 
-def test_half_model_at_zero3_needs_deepspeed_bf16(data):
-    base = [f"data.path={data}", "deepspeed.zero_stage=3", "model.dtype=bfloat16"]
-    with pytest.raises(ConfigError, match=r"^deepspeed.bf16: must be true with model.dtype=bfloat16 at ZeRO-3"):
-        load_config(CONFIGS[0], base)
-    assert load_config(CONFIGS[0], [*base, "deepspeed.bf16=true"]).deepspeed.bf16
-    assert load_config(CONFIGS[0], [f"data.path={data}", "deepspeed.zero_stage=3"]).model.dtype == "float32"
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_half_weights_train_only_under_deepspeed_bf16(data, stage):
+    """bf16 weights without DeepSpeed's bf16 optimizer would go to AdamW with no fp32 master copy
+    (it used to pass at ZeRO-0..2); fp16 is refused outright."""
+    base = [f"data.path={data}", f"deepspeed.zero_stage={stage}"]
+    with pytest.raises(ConfigError, match=r"^deepspeed.bf16: must be true with model.dtype=bfloat16: .*master"):
+        load_config(CONFIGS[0], [*base, "model.dtype=bfloat16"])
+    for bf16 in ("true", "false"):
+        with pytest.raises(ConfigError, match=r"^model.dtype: float16 cannot train here"):
+            load_config(CONFIGS[0], [*base, "model.dtype=float16", f"deepspeed.bf16={bf16}"])
+    assert load_config(CONFIGS[0], [*base, "model.dtype=bfloat16", "deepspeed.bf16=true"]).deepspeed.bf16
+    assert load_config(CONFIGS[0], base).model.dtype == "float32"
 
 
 def test_yaml_exponent_strings_are_numbers(data):

@@ -109,6 +109,19 @@ def load_module(path, device=None):
         logging.getLogger("torch.export").setLevel(level)
 
 
+def input_dtype(model):
+    """The float dtype a loaded model computes in: that of most of its parameter elements (float32
+    for a plain callable). A half-precision export gets half inputs, not the float32 its
+    convolutions would refuse."""
+    import torch
+
+    counts = {}
+    for p in getattr(model, "parameters", lambda: [])():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
 def _eval_mode(model):
     try:
         model.eval()
@@ -148,6 +161,7 @@ class LPIPS:
             self.model = self._lpips_package(path, net)
             self.kind = f"lpips package ({net})"
         _eval_mode(self.model)
+        self.dtype = input_dtype(self.model)
 
     def _lpips_package(self, path, net):
         import torch
@@ -172,8 +186,8 @@ class LPIPS:
         out = []
         with torch.no_grad():
             for i in range(0, len(g), self.batch_size):
-                x = to_tensor(g[i : i + self.batch_size], device=self.device)
-                y = to_tensor(r[i : i + self.batch_size], device=self.device)
+                x = to_tensor(g[i : i + self.batch_size], device=self.device).to(self.dtype)
+                y = to_tensor(r[i : i + self.batch_size], device=self.device).to(self.dtype)
                 d = self.model(x, y)
                 out.append(d.reshape(len(x), -1).mean(1).double().cpu().numpy())
         return np.concatenate(out)

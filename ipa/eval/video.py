@@ -114,7 +114,7 @@ class FeatureExtractor:
                  clip_len: int = 16, batch_size: int = 8, device=None, name: str = "extractor"):
         import torch
 
-        from .frames import _eval_mode, default_device, load_module
+        from .frames import _eval_mode, default_device, input_dtype, load_module
 
         if kind not in ("frame", "video"):
             raise ValueError(f"{name}.kind: expected 'frame' or 'video', got {kind!r}")
@@ -137,6 +137,7 @@ class FeatureExtractor:
         if hasattr(model, "eval"):
             _eval_mode(model)
         self.model, self.kind, self.name = model, kind, name
+        self.dtype = input_dtype(model)
         self.size = tuple(size) if size is not None else None
         self.value_range = tuple(float(v) for v in value_range)
         self.kwargs = dict(kwargs or {})
@@ -150,7 +151,7 @@ class FeatureExtractor:
         x = to_tensor(frames, self.value_range, self.device)  # [N, 3, H, W]
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
-        return x
+        return x.to(self.dtype)  # resized in float32, then the model's dtype
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """Features of one video's frames `[T, H, W, 3]`: `[T, D]` (frame) or `[clips, D]` (video)."""

@@ -90,6 +90,16 @@ def test_lpips_user_module_matches_direct_call_and_identical_is_zero(scripted, r
     np.testing.assert_allclose(metric(ref, ref), 0.0, atol=1e-7)
 
 
+def test_lpips_half_precision_export(scripted):
+    ref = moving_video(t=3)
+    gen = np.roll(ref, 3, axis=2)
+    x0 = torch.zeros(2, 3, 16, 16)
+    full = LPIPS(scripted(TinyLPIPS(), "full", (x0, x0)), device="cpu")
+    half = LPIPS(scripted(TinyLPIPS().bfloat16(), "half", (x0.bfloat16(), x0.bfloat16())), device="cpu")
+    np.testing.assert_allclose(half(gen, ref), full(gen, ref), rtol=0.05)
+    assert half.dtype == torch.bfloat16
+
+
 def test_lpips_bad_weights(tmp_path):
     with pytest.raises(ValueError, match="lpips_weights: .* does not exist"):
         LPIPS(tmp_path / "missing.pt")

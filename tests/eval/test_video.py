@@ -86,6 +86,21 @@ def test_extractors_from_user_files(scripted, fmt):
                                    atol=1e-6)
 
 
+def test_half_precision_extractors_get_half_inputs(scripted):
+    """A bf16 export takes bf16 frames (it was fed float32, which its convolutions refuse); its
+    features follow the float32 model's up to bf16 rounding."""
+    v = moving_video(t=12)
+    for net, spec, shape in ((TinyFrameNet(), {"kind": "frame"}, (2, 3, 32, 32)),
+                             (TinyVideoNet(), {"kind": "video", "size": [32, 32]}, (1, 3, 6, 32, 32))):
+        full = load_extractor("fvd", {**spec, "path": str(scripted(net, "full", (torch.zeros(shape),)))},
+                              clip_len=6, device="cpu")
+        half = load_extractor("fvd", {**spec, "path": str(scripted(net.bfloat16(), "half",
+                                                                    (torch.zeros(shape, dtype=torch.bfloat16),)))},
+                              clip_len=6, device="cpu")
+        np.testing.assert_allclose(half(v), full(v), rtol=0.05, atol=0.02)
+        assert half.dtype == torch.bfloat16 and full.dtype == torch.float32
+
+
 def test_fd_pipeline_same_video_zero_noisy_positive(rng):
     ex = FeatureExtractor(TinyFrameNet(), kind="frame", device="cpu")
     v = moving_video(t=12)

@@ -196,9 +196,9 @@ def test_precomputed_reference_matches_online_copy(data, tmp_path):
     assert pre_err[1:] == pytest.approx(online_err[1:], rel=1e-5)
 
     # The store no longer fits data whose sample changed since the pass: `--nproc` refuses before
-    # any rank starts, a single process (what outside launchers start) before the first step.
+    # any rank starts, a single process (what outside launchers start) before its model build.
     changed = with_new_hand_mask(data, tmp_path / "changed", index=3)
-    for launch, run in (("--nproc", train), ("one process", train_single)):
+    for launch, run in (("nproc", train), ("single", train_single)):
         refused = run(tmp_path / f"stale_{launch}", changed, *precomputed, *common, check=False)
         assert refused.returncode == 2 and "computed on other data for 1 sample(s)" in refused.stderr, launch
         assert "ChildFailedError" not in refused.stderr  # --nproc: torchrun never started

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .common import RESULTS, bounded, device_name, device_slug, print_table, versions, write_csv
+from ipa.cli import bounded
+
+from .common import RESULTS, device_name, device_slug, print_table, versions, write_csv
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml"
 VARIANTS = [  # (name, overrides)

@@ -147,8 +147,9 @@ def _source_config(cfg):
     return zero3_load.folder_config(src)
 
 
-def build_reference(cfg: TrainConfig, engine, device, world_size: int) -> Reference:
-    """The frozen reference for `cfg.reference.mode` (None for the sft objective)."""
+def build_reference(cfg: TrainConfig, engine, device, world_size: int, store=None) -> Reference:
+    """The frozen reference for `cfg.reference.mode` (None for the sft objective); `store`: the
+    precomputed mode's `ReferenceStore`, already loaded (else read from reference.store)."""
     import deepspeed
 
     if cfg.objective.name == "sft":
@@ -157,7 +158,7 @@ def build_reference(cfg: TrainConfig, engine, device, world_size: int) -> Refere
     if mode == "adapter":
         return AdapterReference(engine, family=cfg.model.family)
     if mode == "precomputed":
-        return PrecomputedReference(cfg.reference.store)
+        return PrecomputedReference(store if store is not None else cfg.reference.store)
     policy_stage = engine.zero_optimization_stage()
     stage = 3 if (policy_stage == 3 or cfg.deepspeed.reference_zero3) else 0
     conf = deepspeed_config(cfg, world_size, width=model_width(engine.module.config), stage=stage, inference=True)

@@ -189,15 +189,16 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.run.seed)
 
     dataset = ShardDataset(cfg.data.path)
-    if cfg.reference.mode == "precomputed":  # before the model build: a stale store fails in seconds
-        from .precompute import check_store_file
+    store = None
+    if cfg.reference.mode == "precomputed":  # checked before the model build: a stale store fails in seconds
+        from .precompute import load_checked_store
 
-        check_store_file(cfg, dataset.records)
+        store = load_checked_store(cfg, dataset.records)
     sampler = ResumableSampler(len(dataset), rank=rank, world_size=world, batch_size=cfg.data.micro_batch,
                                seed=cfg.run.seed)
     engine, _ = engines.build_policy(cfg, device, world)
     dtype = engines.compute_dtype(cfg)
-    reference = engines.build_reference(cfg, engine, device, world)
+    reference = engines.build_reference(cfg, engine, device, world, store)
 
     micro, accum = cfg.data.micro_batch, cfg.data.grad_accum
     layout = {"world_size": world, "micro_batch": micro, "grad_accum": accum}

@@ -46,7 +46,7 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int =
     if done:
         _say(rank, f"resuming from {partial_path}: {len(dataset) - len(todo)} of {len(dataset)} samples done")
     if todo:
-        _compute(cfg, store, dataset, todo, draws, save_every, device, out_path)
+        _compute(cfg, store, dataset, digests, todo, draws, save_every, device, out_path)
     else:  # the partial store holds every sample already (the dataset shrank, or the store was lost)
         _on_rank_0(lambda: _atomic_save(store, out_path))
     if rank == 0:
@@ -58,11 +58,10 @@ def precompute(cfg: TrainConfig, draws: int, out_path=None, *, save_every: int =
     return out_path
 
 
-def _compute(cfg, store, dataset, todo, draws, save_every, device, out_path):
+def _compute(cfg, store, dataset, digests, todo, draws, save_every, device, out_path):
     """The forwards over `todo` (dataset indices, split over the ranks), saving the partial store
     every `save_every` rounds and the finished store after the last."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    digests = record_digests(dataset.records)
     conf = engines.deepspeed_config(cfg, world, stage=cfg.deepspeed.zero_stage if cfg.deepspeed.zero_stage == 3 else 0,
                                     inference=True)
     model = engines._build_model(cfg, device, conf, zero3=conf["zero_optimization"]["stage"] == 3)
@@ -224,12 +223,14 @@ _SETTING_NAMES = {**{meta: key for key, meta in _STORE_KEYS.items()}, "n_draws":
                   "losers": "loser errors (objective.name=dpo)"}
 
 
-def check_store_file(cfg: TrainConfig, records=None) -> None:
-    """`check_store` of the file `reference.store` against the manifest `records` of data.path (read
-    when not given): what `ipa train --nproc` runs before any rank starts, and every rank before its
-    model build (outside launchers)."""
+def load_checked_store(cfg: TrainConfig, records=None):
+    """The store `reference.store`, after `check_store` against the manifest `records` of data.path
+    (read when not given): what `ipa train --nproc` runs before any rank starts, and every rank
+    before its model build (outside launchers)."""
     digests = record_digests(records) if records is not None else _manifest_digests(cfg)
-    check_store(cfg, models.ReferenceStore.load(cfg.reference.store), list(digests), digests)
+    store = models.ReferenceStore.load(cfg.reference.store)
+    check_store(cfg, store, list(digests), digests)
+    return store
 
 
 def check_store(cfg: TrainConfig, store, sample_ids, digests=None) -> None:

@@ -1,5 +1,6 @@
-"""Shared benchmark plumbing: device facts, timing, peak memory, CSV rows, result paths."""
+"""Shared benchmark plumbing: device facts, timing, peak memory, CSV rows, result paths, flags."""
 
+import argparse
 import csv
 import os
 import platform
@@ -11,6 +12,21 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def bounded(kind, low, *, strict=False):
+    """argparse type: an int or a finite float (`kind`) >= `low`, or > `low` when `strict`."""
+    what = f"{'an int' if kind is int else 'a finite number'} {'>' if strict else '>='} {low}"
+
+    def parse(text):
+        try:
+            x = kind(text)
+        except ValueError:
+            x = None
+        if x is None or not (x > low if strict else x >= low) or x == float("inf"):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return x
+    return parse
 
 
 def device_name(device):

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ipa.cli import bounded
 from ipa.hands import hand_masks, latent_mask, parse_size
 
-from .common import RESULTS, device_name, print_table, versions, write_csv
+from .common import RESULTS, bounded, device_name, print_table, versions, write_csv
 
 
 def synthetic_clip_keypoints(frames, height, width, seed=0):

@@ -28,14 +28,13 @@ from pathlib import Path
 import torch
 from diffusers.models.attention_dispatch import attention_backend, dispatch_attention_fn
 
-from ipa.cli import bounded
 from ipa.models import (Reference, add_lora, adapters_disabled, available_backends,
                         build_transformer, flow_draw, forward, lora_layers, precompute_reference_errors,
                         synthetic_batch)
 from ipa.models.attention import DIFFUSERS_NAMES
 from ipa.ops import flow_ipa_loss, flow_sft_loss
 
-from .common import (RESULTS, device_name, device_slug, peak_extra_bytes, print_table,
+from .common import (RESULTS, bounded, device_name, device_slug, peak_extra_bytes, print_table,
                      time_side_by_side, versions, write_csv)
 
 MODES = ("sft", "ipa-copy", "ipa-adapter", "ipa-precomputed")

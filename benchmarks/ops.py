@@ -24,10 +24,9 @@ import math
 
 import torch
 
-from ipa.cli import bounded
 from ipa.ops import flow_ipa_loss, reference
 
-from .common import (RESULTS, copy_bandwidth, device_name, device_slug, graph_replayer, peak_extra_bytes,
+from .common import (RESULTS, bounded, copy_bandwidth, device_name, device_slug, graph_replayer, peak_extra_bytes,
                      print_table, time_side_by_side, versions, write_csv)
 
 SIZES = {  # name: (B, C, F, H, W) latents; Wan VAE: 8x space, 4x time (81 frames -> 21)

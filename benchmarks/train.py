@@ -22,9 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ipa.cli import bounded
-
-from .common import RESULTS, device_name, device_slug, print_table, versions, write_csv
+from .common import RESULTS, bounded, device_name, device_slug, print_table, versions, write_csv
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml"
 VARIANTS = [  # (name, overrides)

@@ -24,22 +24,6 @@ COMMANDS = {
 }
 
 
-def bounded(kind, low, *, strict=False, expected=None):
-    """argparse type: an int or a finite float (`kind`) >= `low`, or > `low` when `strict`; else an
-    error saying what was `expected` (default: that rule in words)."""
-    expected = expected or f"{'an int' if kind is int else 'a finite number'} {'>' if strict else '>='} {low}"
-
-    def parse(text):
-        try:
-            x = kind(text)
-        except ValueError:
-            x = None
-        if x is None or not (x > low if strict else x >= low) or x == float("inf"):  # NaN fails both
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return x
-    return parse
-
-
 class _Groups:
     """The subparsers action as the group modules see it: a group's parser gets its one-line help
     from COMMANDS (one source, also what `ipa --help` lists without importing the group)."""

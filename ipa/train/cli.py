@@ -7,14 +7,27 @@ import argparse
 import os
 import sys
 
-from ipa.cli import bounded
+
+def _int_at_least(low: int, expected: str = ""):
+    """An argparse type: an int >= `low`, else a message saying what was `expected`."""
+    expected = expected or f"an int >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return n
+    return parse
 
 
 def _common(p):
     p.add_argument("--config", required=True, help="run YAML (see configs/)")
     p.add_argument("--output-dir", default=None, help="where everything of the run goes (run.output_dir)")
     p.add_argument("--nproc", default=0,
-                   type=bounded(int, 0, expected="an int >= 1 (or 0 / omitted: run in this process)"),
+                   type=_int_at_least(0, "an int >= 1 (or 0 / omitted: run in this process)"),
                    help="start this many local processes with torchrun (default: run in this process, "
                         "or under the launcher that started it)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's latest checkpoint (run.resume)")
@@ -105,7 +118,7 @@ def run_precompute(args, argv=None):
 
 
 def _save_every(p):
-    p.add_argument("--save-every", type=bounded(int, 1), default=50, metavar="N",
+    p.add_argument("--save-every", type=_int_at_least(1), default=50, metavar="N",
                    help="write the samples done so far to OUT.partial every N samples per rank (default 50); "
                         "a rerun with the same settings resumes from it")
 

@@ -13,7 +13,6 @@ picks one when it loads: the best the CPU runs, then `ipa.ops` matches torch's C
 """
 
 import os
-import platform
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup

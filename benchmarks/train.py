@@ -83,7 +83,7 @@ def main(argv=None):
                       f"{r['cpu_ms_per_step_rank0']} CPU ms/step", flush=True)
                 runs[name].append(r)
         rows = []
-        for name, reps in runs.items():  # best repeat: the one least disturbed by other tenants
+        for reps in runs.values():  # best repeat: the one least disturbed by other tenants
             row = max(reps, key=lambda r: r["samples_per_s"])
             rows.append({**info, **row, "cpu_ms_per_step_rank0": min(r["cpu_ms_per_step_rank0"] for r in reps)})
     base = {r["variant"].split()[1]: r for r in rows if r["variant"].startswith("sft")}

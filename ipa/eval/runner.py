@@ -30,9 +30,6 @@ class RunResult:
 
 
 def _video_names(runs: dict, ref_videos: dict, protocol: Protocol, reference) -> list[str]:
-    sets = {}
-    for run, (arg, vids) in runs.items():
-        sets[run] = set(vids)
     if protocol.sequences is not None:
         names = list(protocol.sequences)
         for n in names:

@@ -14,7 +14,7 @@ def one_hand(cx=80.0, cy=60.0, scale=20.0, conf=0.9, seed=0):
     """A plausible 21-point hand around (cx, cy): wrist below, five fingers fanning up."""
     rng = np.random.default_rng(seed)
     pts = [(0.0, 1.0)]
-    for f, angle in enumerate(np.linspace(-1.0, 1.0, 5)):
+    for angle in np.linspace(-1.0, 1.0, 5):
         for j in range(1, 5):
             pts.append((np.sin(angle) * 0.3 * j, 0.6 - 0.35 * j))
     xy = np.array(pts) * scale + [cx, cy] + rng.normal(0, 0.3, (21, 2))

@@ -25,16 +25,26 @@ def pairs(tmp_path_factory):
     return synthesize(tmp_path_factory.mktemp("step") / "pairs", n=2, with_loser=True)
 
 
-def _setup(pairs, *overrides):
-    cfg = load_config(TINY, [f"data.path={pairs}", "objective.hand_weight=4",
+@pytest.fixture(scope="module")
+def family_data(tmp_path_factory):
+    """Two samples per transformer family (each family's conditions differ)."""
+    root = tmp_path_factory.mktemp("families")
+    return {family: synthesize(root / family, family=family, n=2) for family in ("wan", "wan-animate")}
+
+
+def _setup(pairs, *overrides, family="wan-vace"):
+    cfg = load_config(TINY, [f"data.path={pairs}", f"model.family={family}", "objective.hand_weight=4",
                              "objective.timestep_sampling=logit-normal", *overrides])
-    base = models.build_transformer("wan-vace", "tiny", dtype=torch.float32, attention_backend="native", seed=0)
-    policy = models.build_transformer("wan-vace", "tiny", dtype=torch.float32, attention_backend="native", seed=0)
-    models.add_lora(policy, rank=4, alpha=4)
+    base = models.build_transformer(family, "tiny", dtype=torch.float32, attention_backend="native", seed=0)
+    policy = models.build_transformer(family, "tiny", dtype=torch.float32, attention_backend="native", seed=0)
+    with torch.random.fork_rng():  # PEFT draws LoRA's A from the global generator: the same A in any test order
+        torch.manual_seed(0)
+        models.add_lora(policy, rank=4, alpha=4)
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # LoRA's B starts at zero: move it, so the policy is not the reference
         for name, p in policy.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+                p.normal_(0, 0.05, generator=gen)
     batch = collate([ShardDataset(pairs)[i] for i in range(2)])
     return cfg, base, policy, batch
 
@@ -51,17 +61,17 @@ def _draw(cfg, batch, x0):
     return noise, t, (1 - tb) * x0 + tb * noise, noise - x0
 
 
-def _predict(model, batch, x_t, t):
+def _predict(cfg, model, batch, x_t, t):
     with torch.no_grad():
-        return models.forward(model, "wan-vace", batch, x_t, t).double()
+        return models.forward(model, cfg.model.family, batch, x_t, t).double()
 
 
 def _reference(mode, cfg, base, policy, batch):
     """The trainer's reference: the adapter-disabled policy, or errors precomputed with the base."""
     if mode == "adapter":
-        return models.Reference.create("adapter", policy=policy, family="wan-vace")
+        return models.Reference.create("adapter", policy=policy, family=cfg.model.family)
     o = cfg.objective
-    store = models.precompute_reference_errors(base, "wan-vace", [batch], n_draws=DRAW + 1, seed=cfg.run.seed,
+    store = models.precompute_reference_errors(base, cfg.model.family, [batch], n_draws=DRAW + 1, seed=cfg.run.seed,
                                                sampling=o.timestep_sampling, shift=o.shift, hand_weight=o.hand_weight,
                                                skip_frames=o.skip_frames, losers=o.name == "dpo")
     return models.Reference.create("precomputed", store=store)
@@ -70,15 +80,25 @@ def _reference(mode, cfg, base, policy, batch):
 @pytest.mark.parametrize("objective,mode", [("ipa", "adapter"), ("ipa", "precomputed"), ("sft", None),
                                             ("dpo", "adapter"), ("dpo", "precomputed")])
 def test_step_loss_is_the_objective_on_the_draw(pairs, objective, mode):
-    cfg, base, policy, batch = _setup(pairs, f"objective.name={objective}")
+    _check_step_loss(*_setup(pairs, f"objective.name={objective}"), objective, mode)
+
+
+@pytest.mark.parametrize("family", ["wan", "wan-animate"])
+@pytest.mark.parametrize("mode", ["adapter", "precomputed"])
+def test_step_loss_wires_the_other_families(family_data, family, mode):
+    """Plain Wan and Wan-Animate take other conditions (no VACE control; pose and face video)."""
+    _check_step_loss(*_setup(family_data[family], "objective.name=ipa", family=family), "ipa", mode)
+
+
+def _check_step_loss(cfg, base, policy, batch, objective, mode):
     o = cfg.objective
     halo = dict(hand_weight=o.hand_weight, skip_frames=o.skip_frames)
     noise, t, x_t, target = _draw(cfg, batch, batch["x0"])
     assert 0 < t.min() and t.max() < 1 and not torch.equal(t[0], t[1])
     mask = batch["hand_mask"].double()
-    pred = _predict(policy, batch, x_t, t)
+    pred = _predict(cfg, policy, batch, x_t, t)
     if objective == "ipa":
-        want = spec.flow_ipa_loss(pred, target.double(), t.double(), mask, ref_pred=_predict(base, batch, x_t, t),
+        want = spec.flow_ipa_loss(pred, target.double(), t.double(), mask, ref_pred=_predict(cfg, base, batch, x_t, t),
                                   beta=o.beta, **halo)
     elif objective == "sft":
         want = spec.flow_sft_loss(pred, target.double(), mask, **halo)
@@ -86,9 +106,9 @@ def test_step_loss_is_the_objective_on_the_draw(pairs, objective, mode):
         x0_l = batch["x0_loser"]
         tb = t.view(-1, 1, 1, 1, 1)
         x_t_l, target_l = (1 - tb) * x0_l + tb * noise, noise - x0_l
-        want = spec.flow_dpo_loss(pred, _predict(policy, batch, x_t_l, t), target.double(), target_l.double(),
-                                  mask, mask, ref_pred_w=_predict(base, batch, x_t, t),
-                                  ref_pred_l=_predict(base, batch, x_t_l, t), beta=o.beta, **halo)
+        want = spec.flow_dpo_loss(pred, _predict(cfg, policy, batch, x_t_l, t), target.double(), target_l.double(),
+                                  mask, mask, ref_pred_w=_predict(cfg, base, batch, x_t, t),
+                                  ref_pred_l=_predict(cfg, base, batch, x_t_l, t), beta=o.beta, **halo)
     reference = None if objective == "sft" else _reference(mode, cfg, base, policy, batch)
     loss, metrics = step_loss(cfg, policy, reference, dict(batch), DRAW)
     if objective != "sft":

@@ -39,6 +39,7 @@ import numpy as np
 from ipa.hands.keypoints import find_pose_file  # noqa: F401  (re-exported for the runner)
 from ipa.hands.keypoints import hands_from_detections as detections_to_hands  # noqa: F401  (re-exported)
 from ipa.hands.keypoints import load_keypoints
+from ipa.hands.keypoints import to_pixels  # noqa: F401  (re-exported for the runner)
 
 
 def load_pose_hands(path, arg: str = "poses") -> np.ndarray:

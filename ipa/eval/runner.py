@@ -58,7 +58,7 @@ def _video_names(runs: dict, ref_videos: dict, protocol: Protocol, reference) ->
 def _load(path, protocol: Protocol, arg: str):
     raw = read_video(path, arg)
     frames, idx, scale = protocol.apply(raw)
-    return raw.shape[0], frames, idx, scale
+    return raw.shape[:3], frames, idx, scale
 
 
 def evaluate(runs: dict, reference, poses=None, protocol: Protocol | None = None, lpips=None,
@@ -95,7 +95,7 @@ def evaluate(runs: dict, reference, poses=None, protocol: Protocol | None = None
         gen_feats = {k: [] for k in extractors}
         all_ssim, all_psnr, all_lpips, crops_all, plaus = [], [], [], [], []
         for name in tqdm(names, desc=f"eval {run}", unit="video", disable=not progress):
-            n_ref, ref, ref_idx, scale = _load(ref_videos[name], protocol, f"--reference ({name})")
+            (n_ref, *ref_size), ref, ref_idx, scale = _load(ref_videos[name], protocol, f"--reference ({name})")
             _, gen, _, _ = _load(vids[name], protocol, f"{arg} ({name})")
             labels = (f"{arg} video {name!r}", f"--reference video {name!r}")
             F._pair(gen, ref, labels)
@@ -119,7 +119,7 @@ def evaluate(runs: dict, reference, poses=None, protocol: Protocol | None = None
                 if len(pose_hands) != n_ref:
                     raise ValueError(f"--poses: {len(pose_hands)} frames of keypoints for video {name!r} but its "
                                      f"reference has {n_ref} frames")
-                pose_hands = pose_hands[ref_idx].copy()
+                pose_hands = H.to_pixels(pose_hands, ref_size)[ref_idx].copy()  # DWPose's [0, 1] coordinates
                 pose_hands[..., 0] *= scale[0]
                 pose_hands[..., 1] *= scale[1]
                 crop_hands = pose_hands

@@ -10,13 +10,13 @@ builds its model once). `ipa hands --help` for the command line.
 """
 
 from .detector import Hand, HandDetector, build_model_bundle, default_model_path, resolve_model_path
-from .keypoints import (MIN_CONFIDENCE, MIN_POINTS, hands_from_array, hands_from_detections, load_keypoints,
-                        valid_hands)
+from .keypoints import (MIN_CONFIDENCE, MIN_POINTS, hands_from_array, hands_from_detections, is_normalized,
+                        load_keypoints, to_pixels, valid_hands)
 from .latent import halo_mask, latent_mask
 from .masks import hand_masks, parse_size
 
 __all__ = [
     "Hand", "HandDetector", "build_model_bundle", "default_model_path", "resolve_model_path",
     "MIN_CONFIDENCE", "MIN_POINTS", "hands_from_array", "hands_from_detections", "load_keypoints",
-    "valid_hands", "latent_mask", "halo_mask", "hand_masks", "parse_size",
+    "is_normalized", "to_pixels", "valid_hands", "latent_mask", "halo_mask", "hand_masks", "parse_size",
 ]

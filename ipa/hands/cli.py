@@ -100,6 +100,9 @@ def cmd_from_keypoints(args):
     _check_output_args(args)
     kps = keypoints.load_keypoints(args.keypoints, arg="KEYPOINTS")
     size = masks.parse_size(args.size)
+    if keypoints.is_normalized(kps):
+        print(f"KEYPOINTS are normalized to [0, 1] (DWPose's annotator): scaled to --size {size[0]}x{size[1]}")
+        kps = keypoints.to_pixels(kps, size)
     pixel = masks.hand_masks(kps, size, shape=args.shape, margin=args.margin,
                              min_confidence=args.min_confidence, min_points=args.min_points)
     written = save_masks(args.out, pixel, kps, args.fps)

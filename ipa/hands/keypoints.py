@@ -124,6 +124,26 @@ def load_keypoints(path, arg: str = "keypoints") -> np.ndarray:
     raise ValueError(f"{arg}: unsupported keypoint file {str(path)!r} (.npy, .npz, .json or a folder of .json)")
 
 
+def is_normalized(hands, min_confidence: float = MIN_CONFIDENCE) -> bool:
+    """True when every confident coordinate lies in [0, 1]: DWPose's annotator writes coordinates
+    divided by the image size; a real hand in pixels spans more than one pixel."""
+    hands = np.asarray(hands)
+    xy = hands[hands[..., 2] >= min_confidence][:, :2]
+    return bool(len(xy)) and float(np.abs(xy).max()) <= 1.0
+
+
+def to_pixels(hands, size) -> np.ndarray:
+    """`[T, NH, 21, 3]` keypoints in pixels of an `(H, W)` image: normalized ones (`is_normalized`)
+    scaled by the width and height, pixel ones returned as they are."""
+    hands = np.asarray(hands, dtype=np.float64)
+    if not is_normalized(hands):
+        return hands
+    out = hands.copy()
+    out[..., 0] *= size[1]
+    out[..., 1] *= size[0]
+    return out
+
+
 def find_pose_file(folder, name: str, arg: str = "poses") -> Path:
     """The pose file or folder for video `name` in `folder` (`name.npy|.npz|.json` or `name/`)."""
     folder = Path(folder)

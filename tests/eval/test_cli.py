@@ -130,6 +130,26 @@ def test_cli_bad_input(workspace, tmp_path, capsys):
     assert rc == 2 and "two runs named" not in err and "--compare video 'clipA': 8 frames" in err
 
 
+def test_normalized_poses_give_the_pixel_poses_crops(workspace, tmp_path):
+    """DWPose's annotator writes x / W and y / H: eval scales them by the reference's frame size."""
+    from ipa.eval.protocol import Protocol
+    from ipa.eval.runner import evaluate
+
+    r = workspace
+    normalized = tmp_path / "poses"
+    normalized.mkdir()
+    np.save(normalized / "clipA.npy", hand_track(T) / [W, H, 1])
+    frames = [{"people": [{"hand_right_keypoints_2d": k.ravel().tolist()}]} for k in hand_track(T) / [W, H, 1]]
+    (normalized / "clipB.json").write_text(json.dumps(frames))
+    protocol = Protocol(resolution=(24, 32), hand_crop_size=32)
+    pixel, _ = evaluate({"good": r / "good"}, r / "reference", poses=r / "poses", protocol=protocol, progress=False)
+    scaled, _ = evaluate({"good": r / "good"}, r / "reference", poses=normalized, protocol=protocol, progress=False)
+    want, got = pixel[0].summary, scaled[0].summary
+    assert got["hand_crops"] == want["hand_crops"] == 2 * T
+    assert got["ssim_hand"] == pytest.approx(want["ssim_hand"], rel=1e-6)
+    assert got["psnr_hand"] == pytest.approx(want["psnr_hand"], rel=1e-6)
+
+
 class FakeDetector:
     """Stands in for ipa.hands.HandDetector: one hand on the moving square, offset by `shift` pixels."""
 

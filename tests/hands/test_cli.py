@@ -27,6 +27,22 @@ def test_from_keypoints_writes_pixel_and_latent_masks_and_preview(tmp_path):
     assert video.shape == (T, H, W, 3)
 
 
+def test_from_keypoints_scales_normalized_dwpose_keypoints(tmp_path, capsys):
+    """DWPose's annotator writes x / W and y / H: the masks equal those of the pixel keypoints."""
+    T, H, W = 5, 64, 96
+    pixel = np.stack([one_hand(40 + t, 32, scale=12) for t in range(T)])  # [T, 21, 3]
+    np.save(tmp_path / "pixel.npy", pixel)
+    np.save(tmp_path / "normalized.npy", pixel / [W, H, 1])
+    for name in ("pixel", "normalized"):
+        assert main(["hands", "from-keypoints", str(tmp_path / f"{name}.npy"), "--size", f"{H}x{W}",
+                     "--out", str(tmp_path / f"{name}.npz")]) == 0
+    assert "normalized to [0, 1] (DWPose's annotator): scaled to --size 64x96" in capsys.readouterr().out
+    with np.load(tmp_path / "pixel.npz") as want, np.load(tmp_path / "normalized.npz") as got:
+        assert want["pixel_masks"].sum() > 100
+        np.testing.assert_array_equal(got["pixel_masks"], want["pixel_masks"])
+        np.testing.assert_allclose(got["keypoints"], want["keypoints"])
+
+
 def test_detect_on_video_and_image_then_preview(tmp_path, shared_dir, hand_model):
     img = read_image(shared_dir / "data" / "hands" / "COCO_val2014_000000000459.jpg")[:632, :512]
     clip = np.stack([img] * 5)

@@ -12,6 +12,9 @@ id, candidate index) only, so outputs do not depend on the number of ranks or th
                                                   (its reference latent in frame 0, when it has one)
     OUT/<condition>/cand-<k>/meta.json   condition, candidate, seed, sampler settings (written last:
                                          a candidate with meta.json is complete; reruns skip it)
+
+A rerun with other sampling settings (`SAMPLE_SETTINGS`) is refused: it would skip candidates
+sampled the old way and label them with the new run.json.
 """
 
 from __future__ import annotations
@@ -112,6 +115,25 @@ def _save_candidate(folder: Path, latents: torch.Tensor, frames, fps: float, met
     os.replace(tmp, folder / "meta.json")  # last: marks the candidate complete
 
 
+# What a candidate is made with: a rerun into the same folder must match these to reuse its finished
+# candidates. (More candidates, another batch size or rank count reuse them: outputs do not depend on
+# those.)
+SAMPLE_SETTINGS = ("conditions", "model", "lora", "steps", "seed", "shift", "guidance", "negative_emb", "dtype")
+
+
+def _check_rerun(out: Path, settings: dict) -> None:
+    """Refuse to mix candidates of other settings into `out` (a rerun skips finished ones)."""
+    run_json = out / "run.json"
+    if not run_json.is_file() or not any(out.glob("*/cand-*/meta.json")):
+        return
+    before = json.loads(run_json.read_text())
+    differ = [f"{k}: {before[k]!r} there, {settings[k]!r} here" for k in SAMPLE_SETTINGS
+              if k in before and before[k] != settings[k]]  # keys an older run.json lacks are not compared
+    if differ:
+        raise ValueError(f"out: {str(out)!r} holds candidates generated with other settings ({'; '.join(differ)}); "
+                         "a rerun would keep them as they are: use another --out, or delete the folder to start over")
+
+
 def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, seed: int = 0, vae=None,
              batch_size: int = 4, shift: float = 3.0, guidance: float = 1.0, negative_emb=None, lora=None,
              dtype=torch.bfloat16, device=None, progress: bool = True) -> Path:
@@ -130,6 +152,9 @@ def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, se
 
     if candidates < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"candidates, steps and batch_size must be >= 1, got {candidates}, {steps}, {batch_size}")
+    if guidance > 1 and negative_emb is None:
+        raise ValueError(f"guidance {guidance} > 1 needs negative_emb (--negative-emb: the negative prompt's "
+                         "cached embedding)")
     rank, world = _dist()
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
@@ -137,11 +162,17 @@ def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, se
     if ds.info.get("family", "wan-vace") != "wan-vace":
         raise ValueError(f"conditions {str(conditions)!r} are for family {ds.info.get('family')!r}; "
                          "ipa generate samples wan-vace conditions")
+    source = str(model) if isinstance(model, (str, Path)) else getattr(model, "ipa_build", {}).get("source", "instance")
+    out = Path(out)
+    has_ref = bool(ds.info.get("reference"))
+    settings = dict(conditions=str(Path(conditions).resolve()), model=source, lora=str(lora) if lora else None,
+                    candidates=candidates, steps=steps, seed=seed, shift=shift, guidance=guidance,
+                    negative_emb=str(negative_emb) if isinstance(negative_emb, (str, Path)) else None,
+                    dtype=str(dtype if isinstance(model, (str, Path)) else model.dtype).removeprefix("torch."),
+                    reference=has_ref, world_size=world)
+    _check_rerun(out, settings)  # before the model loads: a refusal costs nothing
     if isinstance(model, (str, Path)):
-        source = str(model)
         model = build_transformer("wan-vace", source, dtype=dtype, device=device, seed=0)
-    else:
-        source = getattr(model, "ipa_build", {}).get("source", "instance")
     if lora is not None:
         load_lora(model, lora)
     model.eval()
@@ -152,13 +183,8 @@ def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, se
     codec = LatentCodec(vae_path if not isinstance(vae_path, (str, Path)) else
                         load_vae(vae_path, dtype=torch.float32, device=device))
     neg = load_text_embedding(negative_emb) if isinstance(negative_emb, (str, Path)) else negative_emb
-    has_ref = bool(ds.info.get("reference"))
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = dict(conditions=str(Path(conditions).resolve()), model=str(source), lora=str(lora) if lora else None,
-                    candidates=candidates, steps=steps, seed=seed, shift=shift, guidance=guidance,
-                    reference=has_ref, world_size=world)
     if rank == 0:
         (out / "run.json").write_text(json.dumps(settings, indent=1))
     mine = list(range(rank, len(ds), world))

@@ -3,6 +3,7 @@ prepare -> generate (2 candidates per condition) -> select auto (MediaPipe) -> c
 trainer's loader and the model's inputs."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -63,6 +64,35 @@ def test_generate_writes_candidates(candidates, conditions):
     a = load_file(str(candidates / cond["sample_id"] / "cand-0" / "latents.safetensors"))["x0"]
     b = load_file(str(candidates / cond["sample_id"] / "cand-1" / "latents.safetensors"))["x0"]
     assert not torch.allclose(a[:, 1:], b[:, 1:])  # different seeds, different samples
+
+
+def test_rerun_reuses_finished_candidates_only_under_the_same_settings(candidates, conditions, tiny_model, tmp_path):
+    """A rerun skips finished candidates: one with more candidates adds only the new ones; one with
+    other sampling settings would keep the old candidates under its new run.json, so it is refused
+    before the model loads, and the folder is left as it was."""
+    import shutil
+
+    out = shutil.copytree(candidates, tmp_path / "rerun")
+    first = {p: p.stat().st_mtime_ns for p in out.glob("*/cand-*/latents.safetensors")}
+    argv = ["generate", "--model", str(tiny_model), "--conditions", str(conditions), "--out", str(out), "--seed", "7"]
+    same = ["--steps", "2", "--dtype", "float32"]
+    assert main(argv + same + ["--candidates", "3", "--batch-size", "1"]) == 0  # batching is no sampling setting
+    assert {p: p.stat().st_mtime_ns for p in first} == first and len(list(out.glob("*/cand-2/meta.json"))) == 2
+    run_json = (out / "run.json").read_text()
+    for change, said in ((["--steps", "3", "--dtype", "float32"], "steps: 2 there, 3 here"),
+                         (same + ["--lora", "lora"], "lora: None there, 'lora' here"),
+                         (["--steps", "2"], "dtype: 'float32' there, 'bfloat16' here")):  # bf16 by default
+        with pytest.raises(ValueError, match=rf"other settings \({re.escape(said)}\).*use another --out"):
+            main(argv + change)
+    assert (out / "run.json").read_text() == run_json
+
+
+def test_guidance_without_a_negative_embedding_is_refused_first(conditions, tiny_model, tmp_path):
+    out = tmp_path / "cfg"
+    with pytest.raises(ValueError, match=r"guidance 2.0 > 1 needs negative_emb \(--negative-emb"):
+        main(["generate", "--model", str(tiny_model), "--conditions", str(conditions), "--out", str(out),
+              "--guidance", "2"])
+    assert not out.exists()  # refused before anything was loaded or written
 
 
 def test_default_bf16_generation_follows_the_fp32_one(candidates, conditions, tiny_model, tmp_path):

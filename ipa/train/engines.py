@@ -56,8 +56,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, *, width: int | None = N
         if ds.offload and stage == 3:
             zero["offload_param"] = {"device": "cpu"}
         conf = {"zero_optimization": zero, "bf16": {"enabled": bool(ds.bf16)}}
-        if not inference and cfg.optimizer.grad_clip > 0:
-            conf["gradient_clipping"] = cfg.optimizer.grad_clip
+    if not inference and cfg.optimizer.grad_clip > 0:  # the optimizer section's, unless the JSON sets it
+        conf.setdefault("gradient_clipping", cfg.optimizer.grad_clip)
     conf.update(train_micro_batch_size_per_gpu=d.micro_batch, gradient_accumulation_steps=d.grad_accum,
                 train_batch_size=d.micro_batch * d.grad_accum * world_size)
     conf.setdefault("steps_per_print", 10**9)

@@ -140,6 +140,12 @@ def test_deepspeed_json_sets_stage_and_bf16(data, tmp_path):
     assert compute_dtype(cfg) == __import__("torch").bfloat16  # inputs follow the JSON's precision
     conf = deepspeed_config(cfg, world_size=2)
     assert conf["zero_optimization"]["overlap_comm"] and conf["train_batch_size"] == 4  # batch from data
+    assert conf["gradient_clipping"] == cfg.optimizer.grad_clip == 1.0  # the optimizer section's clip stays on
+    path.write_text('{"zero_optimization": {"stage": 2}, "gradient_clipping": 0.25}')
+    cfg = load_config(CONFIGS[0], [f"data.path={data}", f"deepspeed.config_path={path}", "optimizer.grad_clip=0.5"])
+    assert deepspeed_config(cfg, world_size=1)["gradient_clipping"] == 0.25  # the JSON's own wins
+    cfg = load_config(CONFIGS[0], [f"data.path={data}", "optimizer.grad_clip=0"])
+    assert "gradient_clipping" not in deepspeed_config(cfg, world_size=1)
     for text, msg in (("{nope", "is not valid JSON"), ('{"zero_optimization": {"stage": 4}}', "stage must be"),
                       ('{"fp16": {"enabled": true}}', "fp16 mixed precision is not supported")):
         path.write_text(text)

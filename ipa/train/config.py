@@ -294,6 +294,10 @@ def _adopt_deepspeed_json(ds: DeepSpeedConfig) -> None:
     ds.bf16 = bool((conf.get("bf16") or {}).get("enabled", False))
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     """Check values that would otherwise fail deep inside a distributed run."""
     for key, choices in CHOICES.items():
@@ -348,9 +352,14 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
     _require(isinstance(r.save_every, int) and r.save_every >= 0, "run.save_every", "must be an int >= 0")
     _require(isinstance(r.log_every, int) and r.log_every >= 1, "run.log_every", "must be an int >= 1")
     _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr!r}")
-    _require(len(cfg.optimizer.betas) == 2, "optimizer.betas", "must be two numbers")
+    betas = cfg.optimizer.betas
+    _require(isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
+             "optimizer.betas", f"must be two numbers in [0, 1) like [0.9, 0.999], got {betas!r}")
+    _require(o.logit_std > 0, "objective.logit_std", f"must be > 0, got {o.logit_std!r}")
     if cfg.lora.enabled:
         _require(isinstance(cfg.lora.rank, int) and cfg.lora.rank >= 1, "lora.rank", "must be an int >= 1")
+        _require(cfg.lora.alpha > 0, "lora.alpha",
+                 f"must be > 0 (the update is scaled by alpha / rank), got {cfg.lora.alpha!r}")
         _require(bool(cfg.lora.targets), "lora.targets", "must list at least one module name")
     m = cfg.reference.mode
     if o.name in ("ipa", "dpo"):

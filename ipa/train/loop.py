@@ -220,6 +220,7 @@ def train(cfg: TrainConfig) -> dict:
         if kill_at and step == kill_at and rank == 0:
             os.killpg(os.getpgid(0), signal.SIGKILL)
         t0, c0 = time.perf_counter(), time.process_time()
+        lr = float(engine.get_lr()[0])  # this step's: engine.step() below moves the schedule on
         sums = {}
         for m in range(accum):
             consumed = (step * accum + m) * micro  # this rank's samples before this micro batch
@@ -232,7 +233,7 @@ def train(cfg: TrainConfig) -> dict:
             for k, v in {"loss": loss.detach(), **metrics}.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / accum
         row = _mean_over_ranks(sums)
-        row = {"step": step + 1, **row, "lr": float(engine.get_lr()[0]),
+        row = {"step": step + 1, **row, "lr": lr,
                "samples_per_s": micro * accum * world / (time.perf_counter() - t0),
                # rank 0's CPU seconds in this step: on a shared CPU far steadier than wall time
                "cpu_s_per_step": time.process_time() - c0,

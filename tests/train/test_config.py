@@ -60,6 +60,10 @@ def test_overrides_and_output_dir(data, tmp_path):
     ("model.source=/no/such/folder", "model.source"),
     ("reference.draws=-1", "reference.draws"),
     ("model.family=wan", "data.path"),  # the dataset was written for wan-vace
+    ("optimizer.betas=[0.9,1.5]", "optimizer.betas"),  # torch's AdamW refused it only after the model build
+    ("optimizer.betas=[a,b]", "optimizer.betas"),
+    ("lora.alpha=-5", "lora.alpha"),
+    ("objective.logit_std=0", "objective.logit_std"),
 ])
 def test_bad_values_name_the_key(override, key, data):
     with pytest.raises(ConfigError, match=rf"^{key}:"):

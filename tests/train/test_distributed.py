@@ -79,6 +79,8 @@ def check_ipa_run(out):
     ls = losses(out)
     assert abs(ls[0] - math.log(2)) < 1e-4, "step 0: policy == reference, so the loss is log 2"
     assert all(math.isfinite(v) for v in ls) and ls[-1] < ls[0]
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3])  # the rate each step ran at: lr 1e-3, 2 warmup steps
     for r in ranks(out):
         assert r["reference_digest_start"] == r["reference_digest_end"], "the reference must not move"
         assert r["policy_trainable_digest_start"] != r["policy_trainable_digest_end"], "the policy must train"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def register(sub):
                    help="TorchScript feature extractor for a Fréchet distance, e.g. fvd=i3d.pt, fid_vid=r3d.pt "
                         "(video clips) or fid=inception.pt (frames); repeatable")
     p.add_argument("--detect", choices=["auto", "on", "off"], default="auto",
-                   help="MediaPipe hand detection for plausibility metrics (auto: skip with a note if no model)")
+                   help="MediaPipe hand detection for plausibility metrics, and for the hand crops when there "
+                        "are no --poses (auto: skip with a note if no model)")
     p.add_argument("--hand-model", help="MediaPipe hand_landmarker bundle (else IPA_HAND_MODEL / `ipa hands model`)")
     p.add_argument("--device", help="torch device for LPIPS and extractors (default: cuda if present, else cpu)")
     p.add_argument("--worst", type=int, default=8, help="hand crops in the worst-crops strip per run")
@@ -54,7 +56,8 @@ def _runs(args) -> tuple[dict, dict]:
 
 def _detector(args, notes):
     if args.detect == "off":
-        notes.append("hand detection off (--detect off): no HKC/HKV/detection rate/landmark distance")
+        notes.append("hand detection off (--detect off): no HKC/HKV/detection rate/landmark distance"
+                     + ("" if args.poses else "; without --poses, no hand crops either (no SSIM-Hand/PSNR-Hand)"))
         return None
     try:
         from ipa.hands import HandDetector
@@ -91,10 +94,10 @@ def run(args) -> int:
             notes.append("LPIPS skipped: no weights (--lpips-weights or the protocol's lpips_weights)")
         extractors = {k: load_extractor(k, spec, protocol.clip_len, device=args.device)
                       for k, spec in protocol.extractors.items()}
-        detector = _detector(args, notes)
-        results, info = evaluate(runs, args.reference, poses=args.poses, protocol=protocol, lpips=lpips,
-                                 extractors=extractors, detector=detector, worst=args.worst,
-                                 progress=not args.no_progress, run_args=labels)
+        with _detector(args, notes) or contextlib.nullcontext() as detector:  # closed here, not at exit
+            results, info = evaluate(runs, args.reference, poses=args.poses, protocol=protocol, lpips=lpips,
+                                     extractors=extractors, detector=detector, worst=args.worst,
+                                     progress=not args.no_progress, run_args=labels)
     except ValueError as e:
         print(f"ipa eval: error: {e}", file=sys.stderr)
         return 2

@@ -100,6 +100,21 @@ def test_cli_end_to_end(workspace, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_with_mediapipe_ends_cleanly(workspace, hand_model, tmp_path):
+    """The detector is closed before exit: left to the interpreter's shutdown, MediaPipe's
+    HandLandmarker.__del__ printed a TypeError traceback after every report."""
+    import subprocess
+    import sys
+
+    r = workspace
+    proc = subprocess.run([sys.executable, "-m", "ipa.cli", "eval", "--generated", str(r / "good"), "--reference",
+                           str(r / "reference"), "--out", str(tmp_path / "report"), "--detect", "on", "--hand-model",
+                           str(hand_model), "--no-progress"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "detection_rate" in json.loads((tmp_path / "report" / "metrics.json").read_text())["runs"]["good"]["summary"]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+
+
 def _err(capsys, argv):
     rc = main(argv)
     return rc, capsys.readouterr().err

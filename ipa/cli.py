@@ -53,7 +53,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     group = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(only=group or "")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    take_extra = getattr(args, "take_extra", None)  # a command's own use of what argparse left over
+    if extra and not (take_extra and take_extra(args, extra)):
+        parser.parse_args(argv)  # argparse's own error for what is left
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0 if not argv else 2

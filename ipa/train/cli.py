@@ -123,17 +123,26 @@ def _save_every(p):
                         "a rerun with the same settings resumes from it")
 
 
+def take_overrides(args, extra: list[str]) -> bool:
+    """Adds `extra` to `args.overrides` when all of it is key=value: argparse puts only the first
+    run of positionals there, so overrides given between options would be refused."""
+    if not all("=" in e and not e.startswith("-") for e in extra):
+        return False
+    args.overrides += extra
+    return True
+
+
 def register(sub):
     p = sub.add_parser("train")
     _common(p)
-    p.set_defaults(func=lambda a: run_train(a, sys.argv[2:]))
+    p.set_defaults(func=lambda a: run_train(a, sys.argv[2:]), take_extra=take_overrides)
     p = sub.add_parser("precompute-reference")
     _common(p)
     p.add_argument("--draws", type=int, default=None,
                    help="draws per sample (default: reference.draws of the config; train with reference.draws=K)")
     p.add_argument("--out", default=None, help="store path (default reference.store or OUTPUT/reference_errors.safetensors)")
     _save_every(p)
-    p.set_defaults(func=lambda a: run_precompute(a, sys.argv[2:]))
+    p.set_defaults(func=lambda a: run_precompute(a, sys.argv[2:]), take_extra=take_overrides)
 
 
 def module_main(kind, argv=None):
@@ -144,5 +153,7 @@ def module_main(kind, argv=None):
         parser.add_argument("--draws", type=int, default=None)
         parser.add_argument("--out", default=None)
         _save_every(parser)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not take_overrides(args, extra):
+        parser.parse_args(argv)  # argparse's own error for what is left
     return (run_precompute if kind == "precompute" else run_train)(args, argv)

@@ -156,4 +156,9 @@ def module_main(kind, argv=None):
     args, extra = parser.parse_known_args(argv)
     if extra and not take_overrides(args, extra):
         parser.parse_args(argv)  # argparse's own error for what is left
-    return (run_precompute if kind == "precompute" else run_train)(args, argv)
+    try:
+        return (run_precompute if kind == "precompute" else run_train)(args, argv)
+    except (ValueError, FileNotFoundError) as e:  # a user error: one line per rank, as `ipa` prints it
+        rank = os.environ.get("RANK")
+        print(f"{parser.prog}{f' (rank {rank})' if rank else ''}: error: {e}", file=sys.stderr)
+        return 2

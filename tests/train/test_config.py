@@ -219,3 +219,18 @@ def test_micro_batches_over_samples_of_mixed_shapes_are_refused(tmp_path):
                                           r"data.micro_batch=1"):
         load_config(CONFIGS[0], [*overrides, "data.micro_batch=2"], world_size=1)
     assert load_config(CONFIGS[0], [*overrides, "data.micro_batch=1"], world_size=1).data.micro_batch == 1
+
+
+@pytest.mark.parametrize("module", ["ipa.train", "ipa.train.precompute_main"])
+def test_launcher_entry_points_print_a_config_error_in_one_line(module, data):
+    """What every rank of `torchrun -m ipa.train` prints (it printed a ConfigError traceback each)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", module, "--config", str(CONFIGS[0]), f"data.path={data}",
+                           "objective.betta=1"], capture_output=True, text=True, timeout=120, check=False,
+                          env={**__import__("os").environ, "RANK": "1"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"python -m {module} (rank 1): error: objective.betta: unknown key (known: beta, hand_weight, logit_mean, "
+        "logit_std, name, shift, skip_frames, timestep_sampling)"]

@@ -23,16 +23,27 @@ def _int_at_least(low: int, expected: str = ""):
     return parse
 
 
-def _common(p):
+def _common(p, kind: str):
+    """The options `kind` ("train" or "precompute") takes, under `ipa` and under a launcher."""
     p.add_argument("--config", required=True, help="run YAML (see configs/)")
-    p.add_argument("--output-dir", default=None, help="where everything of the run goes (run.output_dir)")
+    p.add_argument("--output-dir", default=None, help="where everything of the run goes (run.output_dir)"
+                   if kind == "train" else "run.output_dir: the store goes to OUTPUT_DIR/reference_errors.safetensors "
+                   "unless --out or reference.store says otherwise")
     p.add_argument("--nproc", default=0,
                    type=_int_at_least(0, "an int >= 1 (or 0 / omitted: run in this process)"),
                    help="start this many local processes with torchrun (default: run in this process, "
                         "or under the launcher that started it)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's latest checkpoint (run.resume)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.beta=100 run.steps=50")
+    if kind == "train":
+        p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's latest checkpoint (run.resume)")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.beta=100 run.steps=50")
+        return
+    # a precompute pass resumes by itself, from the store's .partial file
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.path=data/x reference.draws=4")
+    p.add_argument("--draws", type=int, default=None,
+                   help="draws per sample (default: reference.draws of the config; train with reference.draws=K)")
+    p.add_argument("--out", default=None, help="store path (default reference.store or OUTPUT/reference_errors.safetensors)")
+    _save_every(p)
 
 
 def check_nproc_fits_gpus(nproc: int) -> None:
@@ -134,25 +145,17 @@ def take_overrides(args, extra: list[str]) -> bool:
 
 def register(sub):
     p = sub.add_parser("train")
-    _common(p)
+    _common(p, "train")
     p.set_defaults(func=lambda a: run_train(a, sys.argv[2:]), take_extra=take_overrides)
     p = sub.add_parser("precompute-reference")
-    _common(p)
-    p.add_argument("--draws", type=int, default=None,
-                   help="draws per sample (default: reference.draws of the config; train with reference.draws=K)")
-    p.add_argument("--out", default=None, help="store path (default reference.store or OUTPUT/reference_errors.safetensors)")
-    _save_every(p)
+    _common(p, "precompute")
     p.set_defaults(func=lambda a: run_precompute(a, sys.argv[2:]), take_extra=take_overrides)
 
 
 def module_main(kind, argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog=f"python -m ipa.train{'.precompute_main' if kind == 'precompute' else ''}")
-    _common(parser)
-    if kind == "precompute":
-        parser.add_argument("--draws", type=int, default=None)
-        parser.add_argument("--out", default=None)
-        _save_every(parser)
+    _common(parser, kind)
     args, extra = parser.parse_known_args(argv)
     if extra and not take_overrides(args, extra):
         parser.parse_args(argv)  # argparse's own error for what is left

@@ -106,6 +106,10 @@ class CopyReference(Reference):
             raise ValueError("policy was not built by ipa.models.build_transformer; pass family= and source=")
         kw = {k: v for k, v in build.items() if k not in ("family", "source")}
         kw.update(overrides)
+        if isinstance(build["source"], dict) or build["source"] == "tiny":  # random weights
+            if kw.get("seed") is None:
+                raise ValueError(f"policy has random weights (source {build['source']!r}) drawn without a seed: a "
+                                 "copy reference cannot draw the same ones; build the policy with seed=...")
         return cls(build["family"], build["source"], **kw)
 
     def predict(self, batch, noisy_latents, timesteps):

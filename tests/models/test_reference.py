@@ -56,6 +56,12 @@ def test_copy_reference_frozen_and_unchanged_by_policy_step():
     assert not ref.predict(batch, x, T).requires_grad
 
 
+def test_copy_of_an_unseeded_random_policy_is_refused():
+    """Without a seed the copy would draw other random weights, and IPA would start off log 2."""
+    with pytest.raises(ValueError, match=r"random weights \(source 'tiny'\) drawn without a seed"):
+        Reference.create("copy", policy=tiny("wan-vace", seed=None))
+
+
 def test_copy_from_source_with_gradient_checkpointing_policy():
     policy = tiny("wan", seed=2, gradient_checkpointing=True)
     ref = Reference.create("copy", family="wan", source="tiny", dtype=torch.float32, seed=2)

@@ -113,11 +113,12 @@ def prepare(videos, poses, out, *, vae, text_encoder=None, text_emb=None, prompt
     from .shards import ShardWriter
 
     H, W = size
-    check_frame_count(num_frames)
+    check_frame_count(num_frames, "num_frames (--frames)")
     if H % 16 or W % 16:  # 8x VAE times the transformer's 2x2 patch
-        raise ValueError(f"size must be multiples of 16 (8x VAE, 2x2 patches), got {H}x{W}")
+        raise ValueError(f"size (--size) must be multiples of 16 (8x VAE, 2x2 patches), got {H}x{W}")
     if text_encoder is None and text_emb is None:
-        raise ValueError("pass text_encoder (a local umT5 folder) or text_emb (a cached prompt embedding)")
+        raise ValueError("pass text_encoder (--text-encoder: a local umT5 folder) or text_emb (--text-emb: a "
+                         "cached prompt embedding)")
     ref_i = reference_index(reference, num_frames)
     video_files = find_videos(videos)
     pose_files = [find_pose_file(poses, v.stem, "--poses") for v in video_files]  # fail before any work

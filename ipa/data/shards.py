@@ -56,7 +56,7 @@ class ShardWriter:
     def __init__(self, out_dir, *, samples_per_shard: int = 64, **info):
         self.out = Path(out_dir)
         if (self.out / MANIFEST).exists():
-            raise ValueError(f"out_dir {str(self.out)!r} already holds a dataset (manifest.jsonl); "
+            raise ValueError(f"out_dir (--out) {str(self.out)!r} already holds a dataset (manifest.jsonl); "
                              "choose a new folder")
         if samples_per_shard < 1:
             raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")

@@ -55,9 +55,9 @@ class CropGeometry:
         return out
 
 
-def check_frame_count(num_frames: int) -> int:
+def check_frame_count(num_frames: int, arg: str = "num_frames") -> int:
     if not (isinstance(num_frames, int) and num_frames >= 1 and (num_frames - 1) % 4 == 0):
-        raise ValueError(f"num_frames must be 4k + 1 (Wan's causal VAE: 1, 5, ..., 81), got {num_frames!r}")
+        raise ValueError(f"{arg} must be 4k + 1 (Wan's causal VAE: 1, 5, ..., 81), got {num_frames!r}")
     return num_frames
 
 

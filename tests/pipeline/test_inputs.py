@@ -107,6 +107,16 @@ def test_missing_keypoints_fail_before_any_work(inputs, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_prepare_errors_name_the_command_line_flags(inputs, tmp_path):
+    videos, poses, vae, emb = inputs
+    for kwargs, message in ((dict(text_emb=emb, num_frames=8), r"num_frames \(--frames\) must be 4k \+ 1"),
+                            (dict(text_emb=emb, size=(40, 56)), r"size \(--size\) must be multiples of 16"),
+                            (dict(), r"text_encoder \(--text-encoder: .*text_emb \(--text-emb: ")):
+        with pytest.raises(ValueError, match=message):
+            prepare(videos, poses, tmp_path / "out", vae=vae, **{"size": SIZE, "num_frames": FRAMES, **kwargs})
+    assert not (tmp_path / "out").exists()
+
+
 def test_candidate_folder_missing_a_file(candidates, tmp_path):
     from ipa.select.candidates import load_candidates
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import signal
 from pathlib import Path
 
@@ -132,7 +133,9 @@ def load(engine, output_dir) -> int:
     """Restore the latest checkpoint into `engine` and this rank's RNG states; returns the step to
     continue from (0: none)."""
     tag = latest_tag(output_dir)
-    if tag is None:
+    if tag is None:  # a relaunch script may always pass --resume: start, but say so (a misspelled dir?)
+        if dist.get_rank() == 0:
+            print(f"resume: no checkpoint in {str(output_dir)!r} yet: starting at step 0", file=sys.stderr, flush=True)
         return 0
     # Without its frozen weights (see `save`) the module state is partial, so not strict.
     path, client = engine.load_checkpoint(str(checkpoint_dir(output_dir)), tag=tag,

@@ -134,10 +134,12 @@ def test_kill_in_the_middle_of_a_save_resumes_from_the_previous_checkpoint(zero2
     """SIGKILL after step 6's DeepSpeed files, before its rank states and pointer: resume from step 3."""
     out = tmp_path / "killed-in-save"
     args = ("run.steps=6", "run.save_every=3")
-    proc = train(out, data, *args, env={"IPA_TRAIN_KILL_IN_SAVE": "6"}, check=False)
+    # --resume from the start, as a relaunch script that always passes it: a fresh run, with a note
+    proc = train(out, data, *args, "--resume", env={"IPA_TRAIN_KILL_IN_SAVE": "6"}, check=False)
     assert proc.returncode != 0 and (out / "checkpoints" / "step00000006").is_dir()
+    assert f"resume: no checkpoint in {str(out)!r} yet: starting at step 0" in proc.stderr
     assert (out / "checkpoints" / "latest").read_text().strip() == "step00000003"
-    train(out, data, *args, "--resume")
+    assert "no checkpoint" not in train(out, data, *args, "--resume").stderr
     assert losses(out) == losses(zero2_adapter)
 
 

@@ -55,9 +55,9 @@ def _runs(args) -> tuple[dict, dict]:
 
 
 def _detector(args, notes):
+    no_crops = "" if args.poses else "; without --poses, no hand crops either (no SSIM-Hand/PSNR-Hand)"
     if args.detect == "off":
-        notes.append("hand detection off (--detect off): no HKC/HKV/detection rate/landmark distance"
-                     + ("" if args.poses else "; without --poses, no hand crops either (no SSIM-Hand/PSNR-Hand)"))
+        notes.append("hand detection off (--detect off): no HKC/HKV/detection rate/landmark distance" + no_crops)
         return None
     try:
         from ipa.hands import HandDetector
@@ -66,7 +66,7 @@ def _detector(args, notes):
     except Exception as e:  # missing module, mediapipe or model file
         if args.detect == "on":
             raise ValueError(f"--detect on: cannot build the hand detector: {e}") from e
-        notes.append(f"hand plausibility metrics skipped: no hand detector ({type(e).__name__}: {e})")
+        notes.append(f"hand plausibility metrics skipped: no hand detector ({type(e).__name__}: {e})" + no_crops)
         return None
 
 

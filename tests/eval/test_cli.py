@@ -100,6 +100,16 @@ def test_cli_end_to_end(workspace, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_without_poses_or_detector_says_there_are_no_hand_crops(workspace, tmp_path, capsys):
+    r = workspace
+    assert main(["eval", "--generated", str(r / "good"), "--reference", str(r / "reference"), "--out",
+                 str(tmp_path / "report"), "--detect", "off", "--no-progress"]) == 0
+    raw = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert not {"hand_crops", "ssim_hand", "psnr_hand"} & set(raw["runs"]["good"]["summary"])
+    assert any("without --poses, no hand crops either" in n for n in raw["notes"])
+    assert "without --poses, no hand crops either (no SSIM-Hand/PSNR-Hand)" in capsys.readouterr().err
+
+
 def test_cli_with_mediapipe_ends_cleanly(workspace, hand_model, tmp_path):
     """The detector is closed before exit: left to the interpreter's shutdown, MediaPipe's
     HandLandmarker.__del__ printed a TypeError traceback after every report."""

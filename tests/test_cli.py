@@ -39,7 +39,7 @@ def _parsed(argv, monkeypatch):
 
     def build_parser(only=None):
         parser = real(only)
-        for name, sub in _groups(parser)[0].items():
+        for sub in _groups(parser)[0].values():
             sub.set_defaults(func=lambda a: seen.setdefault("args", a) and 0)
         return parser
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np

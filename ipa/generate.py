@@ -185,8 +185,9 @@ def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, se
     neg = load_text_embedding(negative_emb) if isinstance(negative_emb, (str, Path)) else negative_emb
 
     out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (out / "run.json").write_text(json.dumps(settings, indent=1))
+    if rank == 0:  # atomic: the other ranks may be reading the previous one (_check_rerun)
+        (out / "run.json.part").write_text(json.dumps(settings, indent=1))
+        os.replace(out / "run.json.part", out / "run.json")
     mine = list(range(rank, len(ds), world))
     todo = [(i, k) for i in mine for k in range(candidates)
             if not (candidate_dir(out, ds.records[i]["id"], k) / "meta.json").is_file()]

@@ -154,6 +154,8 @@ def write_report(results, info: dict, protocol, out_dir) -> dict:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out: {str(out_dir)!r} is a file; give a folder for the report")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for old in (*out_dir.glob("bar_*.png"), *out_dir.glob("worst_hand_crops_*.png")):  # an earlier report's
+        old.unlink()
     charts = bar_charts(results, out_dir) if len(results) > 1 else []
     strips = [p for p in (worst_crops_strip(r, out_dir) for r in results) if p is not None]
     data = {

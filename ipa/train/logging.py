@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -30,7 +31,9 @@ class RunLog:
         self.dir = Path(output_dir)
         self.path = self.dir / "metrics.jsonl"
         kept = [row for row in read_metrics(self.path) if row["step"] <= start_step] if self.path.is_file() else []
-        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        part = self.path.with_name(self.path.name + ".part")  # atomic: a kill here keeps the old log whole
+        part.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        os.replace(part, self.path)
         self.file = open(self.path, "a")  # noqa: SIM115 (held for the run, closed in close())
         self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="ipa train", unit="step", dynamic_ncols=True)

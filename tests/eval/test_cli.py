@@ -98,6 +98,11 @@ def test_cli_end_to_end(workspace, capsys):
     for run in ("good", "bad", "same"):
         assert (out / f"worst_hand_crops_{run}.png").is_file()
     assert "wrote" in capsys.readouterr().out
+    # the same --out again, one run: no bar charts or crop strips of the earlier report stay beside it
+    assert main(["eval", "--reference", str(r / "reference"), "--poses", str(r / "poses"), "--out", str(out),
+                 "--generated", str(r / "good"), "--detect", "off", "--no-progress"]) == 0
+    assert not list(out.glob("bar_*.png")) and [p.name for p in out.glob("worst_hand_crops_*.png")] == [
+        "worst_hand_crops_good.png"]
 
 
 def test_cli_without_poses_or_detector_says_there_are_no_hand_crops(workspace, tmp_path, capsys):

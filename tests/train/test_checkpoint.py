@@ -52,6 +52,22 @@ def test_runlog_resume_drops_later_steps_and_a_line_cut_by_a_kill(tmp_path):
         read_metrics(tmp_path / "metrics.jsonl")
 
 
+def test_runlog_resume_rewrite_is_atomic(tmp_path, monkeypatch):
+    """A kill while the resume drops later steps keeps the whole old log (it was truncated in place)."""
+    from ipa.train import logging as run_logging
+
+    old = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6))
+    (tmp_path / "metrics.jsonl").write_text(old)
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # stands in for a kill between writing the new log and renaming it
+
+    monkeypatch.setattr(run_logging.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_logging.RunLog(tmp_path, total_steps=6, start_step=2)
+    assert (tmp_path / "metrics.jsonl").read_text() == old
+
+
 def test_ranks_by_value_names_runs_of_ranks():
     assert checkpoint._ranks_by_value(["a", "a", None, "a", None, None]) == "a on ranks 0-1, 3; none on ranks 2, 4-5"
     assert checkpoint._rank_spans([0, 1, 2, 3, 6, 8, 9]) == "0-3, 6, 8-9"

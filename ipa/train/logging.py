@@ -20,6 +20,35 @@ def read_metrics(path) -> list[dict]:
     return rows
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def write_config(output_dir, text: str, start_step: int) -> None:
+    """`config.yaml` of the run (atomic). A resume from step N with another config first keeps the
+    one steps 1..N ran with as `config.until-stepN.yaml`, and says which keys changed."""
+    import sys
+
+    import yaml
+
+    path = Path(output_dir) / "config.yaml"
+    if start_step and path.is_file():
+        before, now = _flat(yaml.safe_load(path.read_text()) or {}), _flat(yaml.safe_load(text))
+        changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in dict.fromkeys([*before, *now])
+                   if k != "run.resume" and before.get(k) != now.get(k)]
+        if changed:
+            kept = path.with_name(f"config.until-step{start_step:08d}.yaml")
+            os.replace(path, kept)
+            print(f"resume: the config differs from the one steps 1-{start_step} ran with ({'; '.join(changed)}); "
+                  f"that one is kept as {kept.name}", file=sys.stderr, flush=True)
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
 class RunLog:
     """Rank 0 only. `metrics.jsonl` gets one JSON object per step (`step`, `loss`, ...), flushed
     each step; on resume, lines after the resumed step (from the killed run) are dropped."""

@@ -23,7 +23,7 @@ from ipa.ops import flow_dpo_loss, flow_ipa_loss, flow_sft_loss
 
 from . import checkpoint, engines
 from .config import TrainConfig, dump, validate
-from .logging import RunLog
+from .logging import RunLog, write_config
 
 
 def init_distributed():
@@ -180,12 +180,13 @@ def train(cfg: TrainConfig) -> dict:
     validate(cfg, world_size=world)
     out = Path(cfg.run.output_dir)
     # the same on every rank (or refused on all): no rank resumes while another starts over
-    if checkpoint.agreed_latest_tag(out) is not None and not cfg.run.resume:
+    resuming = checkpoint.agreed_latest_tag(out) is not None
+    if resuming and not cfg.run.resume:
         raise ValueError(f"run.output_dir {str(out)!r} already holds checkpoints: pass --resume to continue "
                          "that run, or choose a new --output-dir")
-    if rank == 0:
+    if rank == 0 and not resuming:  # a resume writes it once its checks passed (below)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump(cfg))
+        write_config(out, dump(cfg), 0)
     torch.manual_seed(cfg.run.seed)
 
     dataset = ShardDataset(cfg.data.path)
@@ -205,6 +206,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.run.resume:
         checkpoint.check_layout(out, layout)
     start = checkpoint.load(engine, out) if cfg.run.resume else 0
+    if rank == 0 and resuming:
+        write_config(out, dump(cfg), start)
     summary = {"rank": rank, "world_size": world, "device": str(device), "start_step": start}
     _record_weights(cfg, engine, reference, rank, "start", summary)
 

@@ -68,6 +68,20 @@ def test_runlog_resume_rewrite_is_atomic(tmp_path, monkeypatch):
     assert (tmp_path / "metrics.jsonl").read_text() == old
 
 
+def test_config_of_a_resume_keeps_the_one_earlier_steps_ran_with(tmp_path, capsys):
+    from ipa.train.logging import write_config
+
+    first = "objective:\n  beta: 600.0\nrun:\n  resume: false\n  steps: 4\n"
+    write_config(tmp_path, first, 0)
+    resumed = first.replace("resume: false", "resume: true")
+    write_config(tmp_path, resumed, 4)  # resuming is no change
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"] and not capsys.readouterr().err
+    write_config(tmp_path, resumed.replace("600.0", "100.0").replace("steps: 4", "steps: 8"), 4)
+    assert (tmp_path / "config.until-step00000004.yaml").read_text() == resumed
+    assert "beta: 100.0" in (tmp_path / "config.yaml").read_text()
+    assert "(objective.beta: 600.0 -> 100.0; run.steps: 4 -> 8)" in capsys.readouterr().err
+
+
 def test_ranks_by_value_names_runs_of_ranks():
     assert checkpoint._ranks_by_value(["a", "a", None, "a", None, None]) == "a on ranks 0-1, 3; none on ranks 2, 4-5"
     assert checkpoint._rank_spans([0, 1, 2, 3, 6, 8, 9]) == "0-3, 6, 8-9"

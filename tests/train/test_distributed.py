@@ -125,8 +125,15 @@ def test_resume_after_sigkill_matches_straight_run(zero2_adapter, data, tmp_path
     assert proc.returncode != 0 and (out / "checkpoints" / "latest").read_text().strip() == "step00000003"
     refused = train(out, data, "run.steps=6", "run.save_every=3", check=False)  # no silent overwrite
     assert refused.returncode != 0 and "pass --resume" in refused.stderr
-    ipa("train", "--config", TINY, "--nproc", "2", "--output-dir", str(out), f"data.path={data}",
-        "run.steps=6", "run.save_every=3", "--resume")
+    config = (out / "config.yaml").read_text()
+    refused = train(out, data, "run.steps=6", "run.save_every=3", "data.micro_batch=1", "--resume", check=False)
+    assert refused.returncode != 0 and "data.micro_batch: the checkpoint step00000003 was written with 2" in refused.stderr
+    assert (out / "config.yaml").read_text() == config  # a refused resume leaves the run's config alone
+    # checkpoints every 2 steps from here: the config steps 1-3 ran with is kept, the change named
+    resumed = ipa("train", "--config", TINY, "--nproc", "2", "--output-dir", str(out), f"data.path={data}",
+                  "run.steps=6", "run.save_every=2", "--resume")
+    assert "(run.save_every: 3 -> 2); that one is kept as config.until-step00000003.yaml" in resumed.stderr
+    assert (out / "config.until-step00000003.yaml").read_text() == config
     assert losses(out) == losses(zero2_adapter)  # bit for bit
 
 

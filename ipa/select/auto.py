@@ -82,7 +82,7 @@ def score_candidates(candidates_dir, *, detector=None, hand_model=None, progress
     from ipa.data.video import decode_video
     from ipa.hands import HandDetector
 
-    from .candidates import load_candidates, run_info
+    from .candidates import load_candidates, run_info, sample_identity
 
     conditions = run_info(candidates_dir)["conditions"]
     cands = load_candidates(candidates_dir)
@@ -98,6 +98,7 @@ def score_candidates(candidates_dir, *, detector=None, hand_model=None, progress
             frames, fps = decode_video(c.video)
             scores = hand_scores(detector.detect_video(frames, fps=fps), np.load(hands_file))
             out[c.key] = {"condition": c.condition, "candidate": c.index, "seed": c.meta.get("seed"),
+                          "sample": sample_identity(c.meta),
                           "scores": scores, "score": combine(scores)}
     finally:
         if own:
@@ -125,14 +126,19 @@ def auto_select(candidates_dir, out, *, top=1, threshold=None, detector=None, ha
     """Score, rank and write `out` (selection.json); human labels already in `out` are kept."""
     from pathlib import Path
 
-    from .candidates import read_selection, write_selection
+    from .candidates import load_candidates, marks_elsewhere, read_selection, write_selection
 
+    old = read_selection(out)["candidates"] if Path(out).is_file() else {}
+    moved = marks_elsewhere(old, load_candidates(candidates_dir))  # checked before the slow scoring
+    if moved:
+        raise ValueError(f"--out {str(out)!r} holds a person's marks for other candidates than --candidates "
+                         f"{str(candidates_dir)!r} has ({'; '.join(moved[:3])}{'; ...' if len(moved) > 3 else ''}): "
+                         "rescoring would move them to other videos or drop them; use another --out")
     cands = select(score_candidates(candidates_dir, detector=detector, hand_model=hand_model, progress=progress),
                    top=top, threshold=threshold)
-    if Path(out).is_file():  # rescoring must not throw away a person's review
-        for key, old in read_selection(out)["candidates"].items():
-            if key in cands:
-                cands[key]["human"] = old.get("human")
+    for key, entry in old.items():  # rescoring keeps a person's review (on the same samples: checked)
+        if key in cands:
+            cands[key]["human"] = entry.get("human")
     selection = {"version": 1, "candidates_dir": str(Path(candidates_dir).resolve()),
                  "auto": {"method": "mediapipe-hands", "weights": WEIGHTS, "top": top, "threshold": threshold},
                  "candidates": dict(sorted(cands.items()))}

@@ -3,8 +3,11 @@
 selection.json:
 
     {"version": 1, "candidates_dir": ..., "auto": {method, weights, top, threshold},
-     "candidates": {"<condition>/cand-<k>": {"condition", "candidate", "scores": {...}, "score",
-                                             "rank", "auto": bool, "human": "good" | "bad" | null}}}
+     "candidates": {"<condition>/cand-<k>": {"condition", "candidate", "seed", "sample", "scores": {...},
+                                             "score", "rank", "auto": bool, "human": "good" | "bad" | null}}}
+
+`sample` (`sample_identity`) names what the candidate's video is: its seed and sampling settings. A
+rescoring carries a person's marks over only to the very same samples.
 
 A candidate is chosen when a person marked it good, or when nobody marked it and the auto pass kept
 it (`chosen`). Writes are atomic (temporary file + rename), so a crash never leaves half a file.
@@ -12,12 +15,13 @@ it (`chosen`). Writes are atomic (temporary file + rename), so a crash never lea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipa.generate import CANDIDATE_FILES
+from ipa.generate import CANDIDATE_FILES, SAMPLE_SETTINGS
 
 LABELS = ("good", "bad", None)
 
@@ -95,6 +99,32 @@ def read_selection(path) -> dict:
             raise ValueError(f"selection {str(path)!r}: entry {key!r} must be a mapping like "
                              f'{{"auto": true, "human": "good"}}, got {entry!r}')
     return sel
+
+
+def sample_identity(meta: dict) -> str:
+    """What makes a candidate's video what it is (its meta.json): condition, index, seed and the
+    sampling settings. Equal identities: the same video (sampling is deterministic)."""
+    fields = {k: meta.get(k) for k in ("condition", "candidate", "seed", *SAMPLE_SETTINGS)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def marks_elsewhere(old: dict, candidates: list[Candidate]) -> list[str]:
+    """The human marks of selection entries `old` that are not on these very candidates: a key now
+    missing, or a key whose sample differs (regenerated, another folder). Entries written before
+    `sample` was recorded are compared by seed."""
+    now = {c.key: c for c in candidates}
+    out = []
+    for key, entry in old.items():
+        if entry.get("human") is None:
+            continue
+        c = now.get(key)
+        if c is None:
+            out.append(f"{key} ({entry['human']}): not among the candidates")
+        elif entry.get("sample", sample_identity(c.meta)) != sample_identity(c.meta) \
+                or entry.get("seed", c.meta.get("seed")) != c.meta.get("seed"):
+            out.append(f"{key} ({entry['human']}): another sample now (seed {entry.get('seed')} then, "
+                       f"{c.meta.get('seed')} now)")
+    return out
 
 
 def write_selection(path, selection: dict) -> None:

@@ -190,6 +190,42 @@ def test_auto_select_curate_and_load(candidates, conditions, hand_model, tmp_pat
     assert out.shape == batch["x0"].shape
 
 
+class NoHands:
+    """Stands in for the MediaPipe detector: finds no hand (scores do not matter here)."""
+
+    def detect_video(self, frames, fps=16.0):
+        return [[] for _ in frames]
+
+
+def test_rescoring_keeps_marks_only_on_the_same_samples(candidates, tmp_path):
+    """A person's marks survive a rescoring of the same candidates; a selection whose marked
+    candidates were regenerated differently (or are gone) is refused, not moved to other videos."""
+    import shutil
+
+    from ipa.select.auto import auto_select
+    from ipa.select.candidates import read_selection, write_selection
+
+    cands, sel = shutil.copytree(candidates, tmp_path / "cands"), tmp_path / "selection.json"
+    selection = auto_select(cands, sel, detector=NoHands(), progress=False)
+    key = sorted(selection["candidates"])[1]
+    selection["candidates"][key]["human"] = "good"  # as the review page writes it
+    write_selection(sel, selection)
+    auto_select(cands, sel, detector=NoHands(), progress=False)  # the same candidates: the mark stays
+    assert read_selection(sel)["candidates"][key]["human"] == "good"
+    meta_path = cands / key / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    before = sel.read_text()
+    for change, said in (({**meta, "steps": meta["steps"] + 1}, f"{key} (good): another sample now"),
+                         (None, f"{key} (good): not among the candidates")):
+        if change is None:
+            shutil.rmtree(cands / key)
+        else:
+            meta_path.write_text(json.dumps(change))
+        with pytest.raises(ValueError, match=rf"holds a person's marks for other candidates .*{re.escape(said)}"):
+            auto_select(cands, sel, detector=NoHands(), progress=False)
+        assert sel.read_text() == before
+
+
 def test_curate_needs_a_choice(candidates, tmp_path):
     from ipa.select.curate import curate
     from ipa.select.candidates import write_selection

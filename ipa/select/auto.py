@@ -126,10 +126,11 @@ def auto_select(candidates_dir, out, *, top=1, threshold=None, detector=None, ha
     """Score, rank and write `out` (selection.json); human labels already in `out` are kept."""
     from pathlib import Path
 
-    from .candidates import load_candidates, marks_elsewhere, read_selection, write_selection
+    from .candidates import changed_samples, load_candidates, read_selection, write_selection
 
     old = read_selection(out)["candidates"] if Path(out).is_file() else {}
-    moved = marks_elsewhere(old, load_candidates(candidates_dir))  # checked before the slow scoring
+    marked = {k: e for k, e in old.items() if e.get("human") is not None}
+    moved = changed_samples(marked, load_candidates(candidates_dir))  # checked before the slow scoring
     if moved:
         raise ValueError(f"--out {str(out)!r} holds a person's marks for other candidates than --candidates "
                          f"{str(candidates_dir)!r} has ({'; '.join(moved[:3])}{'; ...' if len(moved) > 3 else ''}): "

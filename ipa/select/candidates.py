@@ -108,21 +108,19 @@ def sample_identity(meta: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def marks_elsewhere(old: dict, candidates: list[Candidate]) -> list[str]:
-    """The human marks of selection entries `old` that are not on these very candidates: a key now
+def changed_samples(entries: dict, candidates: list[Candidate]) -> list[str]:
+    """Selection `entries` that are not on these very candidates, said for an error: a key now
     missing, or a key whose sample differs (regenerated, another folder). Entries written before
     `sample` was recorded are compared by seed."""
     now = {c.key: c for c in candidates}
     out = []
-    for key, entry in old.items():
-        if entry.get("human") is None:
-            continue
+    for key, entry in entries.items():
         c = now.get(key)
         if c is None:
-            out.append(f"{key} ({entry['human']}): not among the candidates")
+            out.append(f"{key} ({entry.get('human')}): not among the candidates")
         elif entry.get("sample", sample_identity(c.meta)) != sample_identity(c.meta) \
                 or entry.get("seed", c.meta.get("seed")) != c.meta.get("seed"):
-            out.append(f"{key} ({entry['human']}): another sample now (seed {entry.get('seed')} then, "
+            out.append(f"{key} ({entry.get('human')}): another sample now (seed {entry.get('seed')} then, "
                        f"{c.meta.get('seed')} now)")
     return out
 

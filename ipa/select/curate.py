@@ -18,7 +18,7 @@ def curate(candidates_dir, selection, out, *, samples_per_shard: int = 16, progr
 
     from ipa.data import ShardDataset, ShardWriter
 
-    from .candidates import chosen, load_candidates, read_selection, run_info
+    from .candidates import changed_samples, chosen, load_candidates, read_selection, run_info
 
     sel = read_selection(selection)
     keys = chosen(sel)
@@ -28,6 +28,10 @@ def curate(candidates_dir, selection, out, *, samples_per_shard: int = 16, progr
     missing = [k for k in keys if k not in cands]
     if missing:
         raise ValueError(f"selection {str(selection)!r} chooses {missing[:3]}, not found in {str(candidates_dir)!r}")
+    changed = changed_samples({k: sel["candidates"][k] for k in keys}, list(cands.values()))
+    if changed:
+        raise ValueError(f"selection {str(selection)!r} chose other samples than {str(candidates_dir)!r} holds now "
+                         f"({'; '.join(changed[:3])}): rerun `ipa select auto` (and review) on these candidates")
     conditions = ShardDataset(run_info(candidates_dir)["conditions"], verify=False)
     index = {r["id"]: i for i, r in enumerate(conditions.records)}
     info = {k: v for k, v in conditions.info.items() if k not in ("format", "version", "samples")}

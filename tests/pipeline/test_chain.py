@@ -204,6 +204,7 @@ def test_rescoring_keeps_marks_only_on_the_same_samples(candidates, tmp_path):
 
     from ipa.select.auto import auto_select
     from ipa.select.candidates import read_selection, write_selection
+    from ipa.select.curate import curate
 
     cands, sel = shutil.copytree(candidates, tmp_path / "cands"), tmp_path / "selection.json"
     selection = auto_select(cands, sel, detector=NoHands(), progress=False)
@@ -224,6 +225,9 @@ def test_rescoring_keeps_marks_only_on_the_same_samples(candidates, tmp_path):
         with pytest.raises(ValueError, match=rf"holds a person's marks for other candidates .*{re.escape(said)}"):
             auto_select(cands, sel, detector=NoHands(), progress=False)
         assert sel.read_text() == before
+        if change is not None:  # curate will not train on the new sample under the old choice either
+            with pytest.raises(ValueError, match=rf"chose other samples than .*{re.escape(said)}"):
+                curate(cands, sel, tmp_path / "curated")
 
 
 def test_curate_needs_a_choice(candidates, tmp_path):

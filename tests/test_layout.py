@@ -52,3 +52,23 @@ def test_imports_flow_one_way():
                 wrong.append(f"ipa/{path.relative_to(PACKAGE)}:{line}: the {room!r} room imports ipa.{target}")
     assert not wrong, "imports against the one-way flow:\n" + "\n".join(wrong)
     assert len(MODULES) > 50  # the walk found the package
+
+
+def test_the_kernels_folder_does_not_shadow_hugging_faces_kernels():
+    """Run from the repo root (`python -m ...`, as CI and the README do), `kernels/` is importable as a
+    top-level `kernels`: the name of Hugging Face's package, which transformers >= 5.25 imports (it
+    then failed on every diffusers model import). The folder hands the name over when that is installed."""
+    import subprocess
+    import sys
+
+    root = PACKAGE.parent
+    code = ("import importlib.metadata as m, kernels\nprint(kernels.__file__)\n"
+            "try:\n    m.version('kernels'); print('installed')\nexcept m.PackageNotFoundError:\n    print('absent')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found, hub = proc.stdout.split()
+    if hub == "installed":
+        assert Path(found).parent != root / "kernels", found
+    else:  # nothing to hand over to: the folder itself, which is harmless
+        assert Path(found) == root / "kernels" / "__init__.py"

@@ -65,10 +65,11 @@ class Pose:
         return Pose(self.body[idx], self.hands[idx], self.face[idx])
 
     def is_normalized(self) -> bool:
-        """True when every confident coordinate lies in [0, 1]: DWPose's annotator writes
-        coordinates divided by the image size, pixel-space files exceed 1."""
-        xy = np.concatenate([a[a[..., 2] >= MIN_CONFIDENCE][:, :2] for a in (self.body, self.hands, self.face)])
-        return bool(len(xy)) and float(np.abs(xy).max()) <= 1.0
+        """DWPose's [0, 1] coordinates (`ipa.hands.is_normalized`), judged on body, hands and face."""
+        from ipa.hands import is_normalized
+
+        points = np.concatenate([a.reshape(-1, 3) for a in (self.body, self.hands, self.face)])
+        return is_normalized(points, MIN_CONFIDENCE)
 
 
 def _body_from_wholebody(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

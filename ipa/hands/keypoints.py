@@ -125,8 +125,9 @@ def load_keypoints(path, arg: str = "keypoints") -> np.ndarray:
 
 
 def is_normalized(hands, min_confidence: float = MIN_CONFIDENCE) -> bool:
-    """True when every confident coordinate lies in [0, 1]: DWPose's annotator writes coordinates
-    divided by the image size; a real hand in pixels spans more than one pixel."""
+    """True when every confident coordinate of `hands` (any `[..., 3]` keypoints) lies in [0, 1]:
+    DWPose's annotator writes coordinates divided by the image size; a real hand in pixels spans
+    more than one pixel."""
     hands = np.asarray(hands)
     xy = hands[hands[..., 2] >= min_confidence][:, :2]
     return bool(len(xy)) and float(np.abs(xy).max()) <= 1.0

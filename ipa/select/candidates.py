@@ -118,10 +118,10 @@ def changed_samples(entries: dict, candidates: list[Candidate]) -> list[str]:
         c = now.get(key)
         if c is None:
             out.append(f"{key} ({entry.get('human')}): not among the candidates")
-        elif entry.get("sample", sample_identity(c.meta)) != sample_identity(c.meta) \
-                or entry.get("seed", c.meta.get("seed")) != c.meta.get("seed"):
-            out.append(f"{key} ({entry.get('human')}): another sample now (seed {entry.get('seed')} then, "
-                       f"{c.meta.get('seed')} now)")
+            continue
+        identity, seed = sample_identity(c.meta), c.meta.get("seed")
+        if entry.get("sample", identity) != identity or entry.get("seed", seed) != seed:
+            out.append(f"{key} ({entry.get('human')}): another sample now (seed {entry.get('seed')} then, {seed} now)")
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 
@@ -30,8 +31,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def write_config(output_dir, text: str, start_step: int) -> None:
     """`config.yaml` of the run (atomic). A resume from step N with another config first keeps the
     one steps 1..N ran with as `config.until-stepN.yaml`, and says which keys changed."""
-    import sys
-
     import yaml
 
     path = Path(output_dir) / "config.yaml"

@@ -33,11 +33,17 @@ venv:
 	    > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/ipa-parent-env.pth"; \
 	  echo "reusing torch from $(PYTHON)"; fi
 
+# Two pytest-xdist workers, each taking whole modules (module fixtures built once), the
+# multi-process modules first (tests/conftest.py); the 15 slowest tests are listed at the end.
+# TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+
 test: install
-	$(PY) -m pytest -q
+	$(PYTEST) --durations=15
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not multiprocess"
+	$(PYTEST) -m "not slow and not multiprocess"
 
 demo: install
 	$(PY) -m ipa.cli demo --out demo_out

@@ -68,7 +68,8 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "selenium>=4.10"],  # selenium: the review-page browser test
+        # pytest-xdist: `make test` runs 2 workers; selenium: the review-page browser test
+        "test": ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.6", "selenium>=4.10"],
         "flash": ["flash-attn>=2.6.3"],
         # LPIPS from an `lpips` state dict (needs a torchvision that imports beside torch); a
         # TorchScript LPIPS needs nothing extra

@@ -7,6 +7,12 @@ must be set before any kernel is defined, hence here, before `ipa` is imported b
 import os
 from pathlib import Path
 
+# Under pytest-xdist (`make test` runs 2 workers) each worker and every process it starts gets its
+# share of the cores: OpenMP threads that outnumber the cores spin against each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+
 import pytest
 import torch
 
@@ -33,7 +39,23 @@ def shared_dir():
     return SHARED
 
 
+def _long_first(items):
+    """Modules with multi-process tests first, then slow ones, each module kept whole (its fixtures
+    are built once). Under `make test`'s two xdist workers the long chains start at once instead of
+    running alone at the end while the other worker idles."""
+    def weight(item):
+        return 0 if "multiprocess" in item.keywords else 1 if "slow" in item.keywords else 2
+
+    module_weight, module_index = {}, {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        module_weight[module] = min(module_weight.get(module, 2), weight(item))
+        module_index.setdefault(module, len(module_index))
+    items.sort(key=lambda it: (module_weight[m := it.nodeid.split("::", 1)[0]], module_index[m]))
+
+
 def pytest_collection_modifyitems(config, items):
+    _long_first(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -171,12 +171,47 @@ def test_deterministic(backend):
     assert torch.equal(a, b)
 
 
+@pytest.fixture
+def torch_threads():
+    """Set torch's intra-op threads (the C++ kernels' OpenMP team) for one test, then restore."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpp_threads_split_planes_without_changing_a_bit(threads, dtype, torch_threads):
+    """OpenMP splits the B*C*F planes over the threads (105 here: uneven for 2, 3 and 5 threads) and
+    the per-plane sums are added in plane order, so any thread count gives 1 thread's bits. Set
+    explicitly: how many cores the test machine (or its pytest-xdist worker) has must not decide
+    whether the split runs."""
+    _need("cpp")
+    pred, ref, target, m = make_inputs(dtype=dtype)
+    g = torch.linspace(0.5, 1.5, ODD[0])
+
+    def run():
+        p = pred.detach().clone().requires_grad_()
+        err, err_ref = halo_errors(p, target, m, ref_pred=ref, backend="cpp")
+        (err * g).sum().backward()
+        return err.detach(), err_ref, p.grad
+
+    torch_threads(1)
+    one = run()
+    torch_threads(threads)
+    assert torch.get_num_threads() == threads
+    for a, b in zip(run(), one):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype,frames", [(torch.float32, 5), (torch.bfloat16, 9)])
-def test_cpp_large_gradient_takes_the_streaming_stores(dtype, frames):
+def test_cpp_large_gradient_takes_the_streaming_stores(dtype, frames, torch_threads):
     """A gradient over 32 MB is written with non-temporal stores (csrc/halo.cpp, kStreamAbove), one
     under it with plain stores: each sample here is under, the batch over, and both must give the
-    same bits. W = 255 puts planes off 16-byte alignment, so the unaligned head and tail run too."""
+    same bits. W = 255 puts planes off 16-byte alignment, so the unaligned head and tail run too.
+    3 threads: each orders its own streamed stores (sfence) before the team's closing barrier."""
     _need("cpp")
+    torch_threads(3)
     from ipa.ops import _backends
 
     shape = (2, 16, frames, 256, 255)

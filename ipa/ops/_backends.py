@@ -77,10 +77,18 @@ def resolve_backend(backend, device):
     """Turn a user's `backend` argument into the one that will run, or raise a clear error."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _resolve(backend, device.type if isinstance(device, torch.device) else torch.device(device).type)
+
+
+# Host-side setup (loading ipa._C or the Triton module, reading torch's CPU capability) that
+# torch.compile must not trace: under compilation it runs once, eagerly, and its answer is a
+# constant of the graph, so the first call of an op may come inside torch.compile(fullgraph=True).
+@torch.compiler.assume_constant_result
+def _resolve(backend, device):
     if backend == "torch":
         return backend
     if backend == "auto":
-        preferred = "triton" if device.type == "cuda" else "cpp" if device.type == "cpu" else None
+        preferred = "triton" if device == "cuda" else "cpp" if device == "cpu" else None
         if preferred is None:
             return "torch"
         if preferred in available_backends(device):
@@ -89,7 +97,7 @@ def resolve_backend(backend, device):
             _warned.add(preferred)
             warnings.warn(f"ipa.ops: the {preferred} backend is unavailable "
                           f"({_import_errors.get(preferred, 'not importable')}); using the slower "
-                          f"'torch' backend", RuntimeWarning, stacklevel=3)
+                          f"'torch' backend", RuntimeWarning, stacklevel=4)
         return "torch"
     if backend not in available_backends(device):
         why = {

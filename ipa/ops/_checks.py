@@ -37,7 +37,8 @@ def check_device(name, x, ref_name, ref):
 
 
 def check_scalars(hand_weight, skip_frames, num_frames):
-    if not isinstance(hand_weight, (int, float)) or not math.isfinite(hand_weight) or hand_weight < 0:
+    # comparisons, not math.isfinite: torch.compile(dynamic=True) traces them (NaN fails both)
+    if not isinstance(hand_weight, (int, float)) or not 0 <= hand_weight < math.inf:
         _fail(f"hand_weight must be a finite number >= 0, got {hand_weight!r}")
     if not isinstance(skip_frames, int) or isinstance(skip_frames, bool) or not 0 <= skip_frames <= num_frames:
         _fail(f"skip_frames must be an int in [0, F={num_frames}], got {skip_frames!r}")

@@ -68,6 +68,42 @@ def test_torch_compile_fullgraph_no_graph_break():
     assert explain.graph_break_count == 0 and explain.graph_count == 1
 
 
+# The first op call of a fresh process inside torch.compile(fullgraph=True, dynamic=True): the
+# backend is loaded during tracing (ipa._C, the Triton module, torch's CPU capability), and the
+# scalar checks see dynamic shapes. Two batch sizes, one graph; forward and backward against eager.
+FIRST_CALL_COMPILED = """
+import sys, torch
+from ipa.ops import flow_ipa_loss, halo_error
+
+backend = sys.argv[1]
+def step(p, target, t, mask, ref):
+    loss, metrics = flow_ipa_loss(p, target, t, mask, ref_pred=ref, backend=backend)
+    return loss + halo_error(p, target, mask, backend=backend).sum(), metrics["ipa_gap"]
+
+compiled = torch.compile(step, fullgraph=True, dynamic=True)
+for b in (2, 3):
+    g = torch.Generator().manual_seed(b)
+    p, target, ref = (torch.randn(b, 3, 4, 5, 7, generator=g) for _ in range(3))
+    t, mask = torch.rand(b, generator=g), torch.rand(b, 3, 5, 7, generator=g)
+    p1, p2 = p.clone().requires_grad_(), p.clone().requires_grad_()
+    (loss_c, gap_c), (loss_e, gap_e) = compiled(p1, target, t, mask, ref), step(p2, target, t, mask, ref)
+    loss_c.backward()
+    loss_e.backward()
+    torch.testing.assert_close((loss_c, gap_c, p1.grad), (loss_e, gap_e, p2.grad))
+print(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_first_call_inside_torch_compile_dynamic(backend):
+    _need(backend)
+    proc = subprocess.run([sys.executable, "-c", FIRST_CALL_COMPILED, backend], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "1"  # dynamic: batch 3 reuses batch 2's graph
+
+
 @pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
                     reason="Triton is a dependency on Linux x86-64 only")
 def test_every_backend_is_tested_here():

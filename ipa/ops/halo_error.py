@@ -50,20 +50,39 @@ def _(grad_err, pred, target, hand_mask, hand_weight, skip_frames, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    pred, _ref, target, hand_mask, hand_weight, skip_frames, backend = inputs
-    ctx.mark_non_differentiable(output[1])  # the frozen reference's error is a constant
+    pred, ref, target, hand_mask, hand_weight, skip_frames, backend = inputs
+    # err_ref depends on target only (the frozen prediction is a constant): it is differentiable
+    # when target needs a gradient, and only then is `ref` kept for the backward.
+    ref_to_target = ref is not None and ctx.needs_input_grad[2]
+    if not ref_to_target:
+        ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(pred, target, hand_mask)
+    ctx.save_for_backward(pred, target, hand_mask, ref if ref_to_target else None)
     ctx.hand_weight, ctx.skip_frames, ctx.backend = hand_weight, skip_frames, backend
 
 
-def _backward(ctx, grad_err, _grad_err_ref):
-    # The frozen prediction gets no gradient; d err / d target = -(d err / d pred).
-    pred, target, hand_mask = ctx.saved_tensors
-    if grad_err is None:  # reached with no gradient for err (gradcheck probes this way)
-        return (None,) * 7
-    grad_pred = _halo_error_bwd(grad_err, pred, target, hand_mask, ctx.hand_weight, ctx.skip_frames, ctx.backend)
-    grad_target = -grad_pred if ctx.needs_input_grad[2] else None
+def target_grad(ctx, grad_pred, grad_ref_error, ref, target, hand_mask):
+    """d/d target: err and err_ref are both sums of w * (x - target)^2, so each contributes minus
+    its d/d x; the first is `grad_pred`, the second one more backward kernel over `ref`."""
+    grad = -grad_pred if grad_pred is not None else None
+    if ref is not None and grad_ref_error is not None:
+        from_ref = _halo_error_bwd(grad_ref_error, ref, target, hand_mask, ctx.hand_weight,
+                                   ctx.skip_frames, ctx.backend)
+        grad = -from_ref if grad is None else grad - from_ref
+    return grad
+
+
+def _backward(ctx, grad_err, grad_err_ref):
+    pred, target, hand_mask, ref = ctx.saved_tensors
+    grad_pred = None
+    if grad_err is not None:  # None: no gradient reached err (gradcheck probes this way)
+        grad_pred = _halo_error_bwd(grad_err, pred, target, hand_mask, ctx.hand_weight,
+                                    ctx.skip_frames, ctx.backend)
+    grad_target = None
+    if ctx.needs_input_grad[2]:
+        grad_target = target_grad(ctx, grad_pred, grad_err_ref, ref, target, hand_mask)
+    if not ctx.needs_input_grad[0]:
+        grad_pred = None
     return grad_pred, None, grad_target, None, None, None, None
 
 
@@ -89,9 +108,10 @@ def halo_errors(pred, target, hand_mask=None, *, ref_pred=None, hand_weight=10.0
                 backend="auto", pred_name="model_pred"):
     """Per-sample HALO errors of `pred` and, in the same pass, of the frozen `ref_pred`.
 
-    Returns `(err [B], err_ref [B] or None)`, float32 (float64 for float64 inputs). Only `pred`
-    (and `target`) receive gradients; `ref_pred` is treated as a constant. `target` and
-    `ref_pred` are cast to pred's dtype if they differ.
+    Returns `(err [B], err_ref [B] or None)`, float32 (float64 for float64 inputs). `ref_pred` is
+    a constant: `err` is differentiable in `pred` and `target`, `err_ref` in `target` only (it
+    carries a gradient only when `target` needs one). `target` and `ref_pred` are cast to pred's
+    dtype if they differ.
     """
     target, ref_pred, hand_mask, backend = prepare_inputs(
         pred, target, hand_mask, ref_pred, hand_weight, skip_frames, backend, pred_name)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _backends
-from .halo_error import _halo_error_bwd
+from .halo_error import _halo_error_bwd, target_grad
 
 OBJECTIVES = ("ipa", "sft")
 IPA_STATS = ("ipa_gap", "model_error", "reference_error", "implicit_accuracy", "logit")
@@ -77,23 +77,31 @@ def _(pred, ref, target, hand_mask, timesteps, ref_error, objective, beta, hand_
 
 
 def _setup_context(ctx, inputs, output):
-    pred, _ref, target, hand_mask, _t, _ref_error, _obj, _beta, hand_weight, skip_frames, backend = inputs
+    pred, ref, target, hand_mask, _t, _ref_err, objective, _beta, hand_weight, skip_frames, backend = inputs
     # Only the loss is differentiable: no zero gradients built for the metrics and coef.
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(pred, target, hand_mask, output[2])
+    # IPA on a reference prediction: the reference error depends on target too, so `ref` is kept for
+    # the backward when target needs a gradient (only then: it is a full tensor).
+    ref_to_target = ref is not None and objective == "ipa" and ctx.needs_input_grad[2]
+    ctx.save_for_backward(pred, target, hand_mask, output[2], ref if ref_to_target else None)
     ctx.hand_weight, ctx.skip_frames, ctx.backend = hand_weight, skip_frames, backend
 
 
 def _backward(ctx, grad_loss, _grad_stats, _grad_coef):
     # Only the loss is differentiable (metrics are reported detached); the reference prediction,
     # reference error and timesteps are constants of the objective.
-    pred, target, hand_mask, coef = ctx.saved_tensors
+    pred, target, hand_mask, coef, ref = ctx.saved_tensors
     if grad_loss is None:  # reached with no gradient for the loss (gradcheck probes this way)
         return (None,) * 11
-    grad_pred = _halo_error_bwd(grad_loss * coef, pred, target, hand_mask, ctx.hand_weight,
-                                ctx.skip_frames, ctx.backend)
-    grad_target = -grad_pred if ctx.needs_input_grad[2] else None
+    grad_err = grad_loss * coef
+    grad_pred = _halo_error_bwd(grad_err, pred, target, hand_mask, ctx.hand_weight, ctx.skip_frames,
+                                ctx.backend)
+    grad_target = None
+    if ctx.needs_input_grad[2]:  # IPA: L is a function of err_ref - err, so dL/d err_ref = -dL/d err
+        grad_target = target_grad(ctx, grad_pred, -grad_err, ref, target, hand_mask)
+    if not ctx.needs_input_grad[0]:
+        grad_pred = None
     return grad_pred, None, grad_target, None, None, None, None, None, None, None, None
 
 

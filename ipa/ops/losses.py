@@ -32,7 +32,8 @@ def flow_ipa_loss(model_pred, target, timesteps, hand_mask=None, *, ref_pred=Non
 
     Args:
         model_pred: the trainable policy's velocity prediction [B, C, F, H, W].
-        target: the flow-matching target `noise - x0`, same shape.
+        target: the flow-matching target `noise - x0`, same shape. Usually data; a target that
+            needs a gradient gets it through both errors (with `ref_pred`, err_ref depends on it).
         timesteps: normalized timesteps t = s in [0, 1] (s = 1 is pure noise), shape (B,). The
             range is checked for CPU tensors only (on CUDA the check would sync the device).
         hand_mask: latent-grid hand mask [B, F - skip_frames, H, W] (see `halo_error`), or None.

@@ -135,6 +135,24 @@ def test_fused_reference_error_in_same_pass(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_reference_error_is_differentiable_in_target(backend):
+    """err_ref depends on target (not on the frozen prediction): with a target that needs a gradient,
+    it carries one, and d/d target sums both errors' terms (fp64 gradcheck)."""
+    _need(backend)
+    pred, ref, target, m = make_inputs((2, 1, 2, 2, 3), dtype=torch.float64)
+    pred.requires_grad_()
+    target.requires_grad_()
+    m = m.double()
+    fn = lambda p, t: halo_errors(p, t, m, ref_pred=ref, hand_weight=7.0, backend=backend)  # noqa: E731
+    err, err_ref = fn(pred, target)
+    assert err.requires_grad and err_ref.requires_grad
+    assert torch.autograd.gradcheck(fn, (pred, target))
+    # only err_ref used: the gradient reaches target, none reaches pred
+    fn(pred, target)[1].sum().backward()
+    assert pred.grad is None and target.grad is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs(backend):
     _need(backend)
     pred, _, target, m = make_inputs((2, 3, 4, 6, 5))

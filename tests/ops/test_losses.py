@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ipa.ops import (FlowDPOLoss, FlowIPALoss, FlowSFTLoss, flow_dpo_loss, flow_ipa_loss,
-                     flow_sft_loss, halo_error, reference)
+                     flow_sft_loss, halo_error, halo_errors, reference)
 
 from .test_halo_error import BACKENDS, _need, make_inputs
 
@@ -149,13 +149,33 @@ def test_ipa_loss_gradcheck_fp64(backend):
     _need(backend)
     pred, ref, target, m = (x.double() for x in make_inputs((2, 1, 2, 2, 3)))
     t = torch.tensor([0.2, 0.7], dtype=torch.float64)
-    p = _leaf(pred)
+    # in target too: with ref_pred it reaches the loss through both errors
+    p, tgt = _leaf(pred), _leaf(target)
     for kw in (dict(ref_pred=pred + 0.1 * ref), dict(ref_error=torch.tensor([0.5, 3.0], dtype=torch.float64))):
-        fn = lambda x: flow_ipa_loss(x, target, t, m, beta=2.0, backend=backend, **kw)[0]  # noqa: E731
-        assert fn(p).dtype == torch.float64
-        assert torch.autograd.gradcheck(fn, (p,), eps=1e-6, atol=1e-7)
-    sft = lambda x: flow_sft_loss(x, target, m, backend=backend)[0]  # noqa: E731
-    assert torch.autograd.gradcheck(sft, (p,), eps=1e-6, atol=1e-7)
+        fn = lambda x, y: flow_ipa_loss(x, y, t, m, beta=2.0, backend=backend, **kw)[0]  # noqa: E731
+        assert fn(p, tgt).dtype == torch.float64
+        assert torch.autograd.gradcheck(fn, (p, tgt), eps=1e-6, atol=1e-7)
+    sft = lambda x, y: flow_sft_loss(x, y, m, backend=backend)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(sft, (p, tgt), eps=1e-6, atol=1e-7)
+
+
+
+@pytest.mark.parametrize("target_needs_grad", [False, True])
+def test_reference_prediction_kept_for_backward_only_for_a_target_gradient(target_needs_grad):
+    """A training step's target is data: the frozen prediction (a full latent) must not stay alive
+    until the backward. Only a target that needs a gradient keeps it (its error depends on target)."""
+    pred, ref, target, m = make_inputs(SHAPE)
+    saved = []
+
+    def pack(x):
+        saved.append(x.data_ptr())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        flow_ipa_loss(_leaf(pred), target.requires_grad_(target_needs_grad), timesteps(SHAPE[0]), m,
+                      ref_pred=ref, backend="torch")
+        halo_errors(_leaf(pred), target, m, ref_pred=ref, backend="torch")
+    assert saved.count(ref.data_ptr()) == (2 if target_needs_grad else 0)
 
 
 def test_triton_batch_beyond_the_one_program_fold():
@@ -218,16 +238,18 @@ def test_dpo_matches_reference(backend):
     pw, rw, tw, mw = make_inputs(SHAPE, seed=1)
     pl, rl, tl, ml = make_inputs(SHAPE, seed=2)
     rw, rl = pw + 0.05 * rw, pl + 0.05 * rl
-    a, b = _leaf(pw), _leaf(pl)
-    loss, metrics = flow_dpo_loss(a, b, tw, tl, mw, ml, ref_pred_w=rw, ref_pred_l=rl, beta=50.0, backend=backend)
-    a64, b64 = _leaf(pw.double()), _leaf(pl.double())
-    want = reference.flow_dpo_loss(a64, b64, tw.double(), tl.double(), mw.double(), ml.double(),
+    a, b, ta, tb = _leaf(pw), _leaf(pl), _leaf(tw), _leaf(tl)  # targets reach both errors of a side
+    loss, metrics = flow_dpo_loss(a, b, ta, tb, mw, ml, ref_pred_w=rw, ref_pred_l=rl, beta=50.0, backend=backend)
+    a64, b64, ta64, tb64 = (_leaf(x.double()) for x in (pw, pl, tw, tl))
+    want = reference.flow_dpo_loss(a64, b64, ta64, tb64, mw.double(), ml.double(),
                                    ref_pred_w=rw.double(), ref_pred_l=rl.double(), beta=50.0)
     torch.testing.assert_close(loss.double(), want, rtol=2e-5, atol=1e-7)
     loss.backward()
     want.backward()
     torch.testing.assert_close(a.grad.double(), a64.grad, rtol=1e-4, atol=1e-9)
     torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-4, atol=1e-9)
+    for got, ref_grad in ((ta.grad, ta64.grad), (tb.grad, tb64.grad)):  # pred - ref cancels: scale atol
+        torch.testing.assert_close(got.double(), ref_grad, rtol=1e-4, atol=1e-5 * ref_grad.abs().max().item())
     e = {name: reference.halo_error(p.double(), t.double(), mask.double())
          for name, p, t, mask in (("w", pw, tw, mw), ("l", pl, tl, ml), ("ref_w", rw, tw, mw), ("ref_l", rl, tl, ml))}
     margin = (e["ref_w"] - e["w"]) - (e["ref_l"] - e["l"])

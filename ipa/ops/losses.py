@@ -40,6 +40,8 @@ def flow_ipa_loss(model_pred, target, timesteps, hand_mask=None, *, ref_pred=Non
         ref_pred: the frozen reference's prediction on the same inputs (no gradient), or
         ref_error: its precomputed per-sample error, shape (B,). Pass exactly one.
         beta: preference strength (600 in the paper). hand_weight, skip_frames: HALO weighting.
+    `timesteps`, `ref_pred` and `ref_error` are constants of the objective: no gradient reaches
+    them (`ipa.ops.reference` differentiates in timesteps; this op does not).
     Returns:
         (loss, metrics) with metrics `ipa_gap` (mean err_ref - err_model), `model_error`,
         `reference_error`, `implicit_accuracy` (fraction of samples beating the reference),

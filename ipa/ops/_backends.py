@@ -77,7 +77,8 @@ def resolve_backend(backend, device):
     """Turn a user's `backend` argument into the one that will run, or raise a clear error."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return _resolve(backend, device.type if isinstance(device, torch.device) else torch.device(device).type)
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    return _resolve(backend, device_type)
 
 
 # Host-side setup (loading ipa._C or the Triton module, reading torch's CPU capability) that

@@ -1,8 +1,10 @@
 """Input validation for `ipa.ops`: every error names the argument and what was expected."""
 
 import math
+import numbers
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor  # no public name for the class
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MASK_DTYPES = FLOAT_DTYPES + (torch.bool, torch.uint8)
@@ -36,16 +38,34 @@ def check_device(name, x, ref_name, ref):
         _fail(f"{name} is on {x.device} but {ref_name} is on {ref.device}; put them on one device")
 
 
-def check_scalars(hand_weight, skip_frames, num_frames):
-    # comparisons, not math.isfinite: torch.compile(dynamic=True) traces them (NaN fails both)
-    if not isinstance(hand_weight, (int, float)) or not 0 <= hand_weight < math.inf:
-        _fail(f"hand_weight must be a finite number >= 0, got {hand_weight!r}")
-    if not isinstance(skip_frames, int) or isinstance(skip_frames, bool) or not 0 <= skip_frames <= num_frames:
-        _fail(f"skip_frames must be an int in [0, F={num_frames}], got {skip_frames!r}")
+def as_number(name, x, *, positive=False):
+    """A real hyper-parameter (Python or NumPy scalar; not a bool) as a finite float: >= 0, or
+    > 0 with `positive`. Comparisons, not math.isfinite: torch.compile(dynamic=True) traces them
+    (and NaN fails both)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        _fail(f"{name} must be a real number, got {x!r}")
+    try:
+        value = float(x)
+    except OverflowError:
+        value = math.inf
+    if not ((0 < value) if positive else (0 <= value)) or not value < math.inf:
+        _fail(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {x!r}")
+    return value
+
+
+def as_skip_frames(skip_frames, num_frames=None):
+    """`skip_frames` as an int in [0, F] (F unknown: >= 0); NumPy integers are taken, bools not."""
+    if isinstance(skip_frames, bool) or not isinstance(skip_frames, numbers.Integral):
+        _fail(f"skip_frames must be an int, got {skip_frames!r}")
+    skip = int(skip_frames)
+    if skip < 0 or (num_frames is not None and skip > num_frames):
+        _fail(f"skip_frames must be an int in [0, F={num_frames}], got {skip_frames!r}" if num_frames is not None
+              else f"skip_frames must be an int >= 0, got {skip_frames!r}")
+    return skip
 
 
 def normalize_mask(name, mask, pred, skip_frames):
-    """Hand mask as [B, F - skip_frames, H, W] on pred's device (a view, never a copy)."""
+    """Hand mask as a detached [B, F - skip_frames, H, W] on pred's device (a view, never a copy)."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -69,7 +89,7 @@ def normalize_mask(name, mask, pred, skip_frames):
     if tuple(mask.shape[2:]) != (H, W):
         _fail(f"{name} spatial size must be (H, W) = {(H, W)} of the latent grid, got {tuple(mask.shape[2:])}")
     check_device(name, mask, "model_pred", pred)
-    return mask
+    return mask.detach()  # a weight, as ref_pred: no gradient (and no backward run for one)
 
 
 def check_per_sample(name, x, batch, pred, *, unit_interval=False):
@@ -82,8 +102,9 @@ def check_per_sample(name, x, batch, pred, *, unit_interval=False):
         _fail(f"{name} must be floating point, got {x.dtype}")
     check_device(name, x, "model_pred", pred)
     # Range check on CPU only: on CUDA it would cost a device sync per call. NaN passes (and
-    # yields a NaN loss); it is skipped while compiling (data-dependent).
-    if unit_interval and x.numel() and x.device.type == "cpu" and not torch.compiler.is_compiling():
+    # yields a NaN loss); it is skipped while compiling and on fake tensors (data-dependent).
+    if (unit_interval and x.numel() and x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not isinstance(x, FakeTensor)):
         lo, hi = (v.item() for v in torch.aminmax(x.detach()))  # one op: this runs every step
         if lo < 0 or hi > 1:
             _fail(f"{name} must be normalized to [0, 1] (s = timestep / 1000), got values in [{lo:.4g}, {hi:.4g}]")

@@ -90,32 +90,36 @@ _halo_error_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def prepare_inputs(pred, target, hand_mask, ref_pred, hand_weight, skip_frames, backend,
-                   pred_name="model_pred"):
-    """Validate the tensors every HALO op takes; returns what the custom ops want:
-    (target and ref_pred in pred's dtype, ref_pred detached, mask as [B, F - skip, H, W], backend)."""
+                   pred_name="model_pred", arg_suffix=""):
+    """Validate what every HALO op takes; returns what the custom ops want: (target and ref_pred in
+    pred's dtype, ref_pred detached, the mask detached as [B, F - skip, H, W], hand_weight as a
+    float, skip_frames as an int, the backend). Errors name `pred_name` and, for the other
+    tensors, their argument with `arg_suffix` (DPO's "_w" / "_l")."""
+    target_name, mask_name, ref_name = (n + arg_suffix for n in ("target", "hand_mask", "ref_pred"))
     _checks.check_prediction(pred_name, pred)
-    _checks.check_like("target", target, pred_name, pred)
+    _checks.check_like(target_name, target, pred_name, pred)
     if ref_pred is not None:
-        _checks.check_like("ref_pred", ref_pred, pred_name, pred)
+        _checks.check_like(ref_name, ref_pred, pred_name, pred)
         ref_pred = ref_pred.detach().to(pred.dtype)
-    _checks.check_scalars(hand_weight, skip_frames, pred.shape[2])
-    hand_mask = _checks.normalize_mask("hand_mask", hand_mask, pred, skip_frames)
+    hand_weight = _checks.as_number("hand_weight", hand_weight)
+    skip_frames = _checks.as_skip_frames(skip_frames, pred.shape[2])
+    hand_mask = _checks.normalize_mask(mask_name, hand_mask, pred, skip_frames)
     backend = _backends.resolve_backend(backend, pred.device)
-    return target.to(pred.dtype), ref_pred, hand_mask, backend
+    return target.to(pred.dtype), ref_pred, hand_mask, hand_weight, skip_frames, backend
 
 
 def halo_errors(pred, target, hand_mask=None, *, ref_pred=None, hand_weight=10.0, skip_frames=1,
-                backend="auto", pred_name="model_pred"):
+                backend="auto", pred_name="model_pred", arg_suffix=""):
     """Per-sample HALO errors of `pred` and, in the same pass, of the frozen `ref_pred`.
 
-    Returns `(err [B], err_ref [B] or None)`, float32 (float64 for float64 inputs). `ref_pred` is
-    a constant: `err` is differentiable in `pred` and `target`, `err_ref` in `target` only (it
-    carries a gradient only when `target` needs one). `target` and `ref_pred` are cast to pred's
-    dtype if they differ.
+    Returns `(err [B], err_ref [B] or None)`, float32 (float64 for float64 inputs). `ref_pred` and
+    the mask are constants: `err` is differentiable in `pred` and `target`, `err_ref` in `target`
+    only (it carries a gradient only when `target` needs one). `target` and `ref_pred` are cast to
+    pred's dtype if they differ. `pred_name` / `arg_suffix`: argument names for error messages.
     """
-    target, ref_pred, hand_mask, backend = prepare_inputs(
-        pred, target, hand_mask, ref_pred, hand_weight, skip_frames, backend, pred_name)
-    err, err_ref = _halo_error_fwd(pred, ref_pred, target, hand_mask, float(hand_weight), skip_frames, backend)
+    target, ref_pred, hand_mask, hand_weight, skip_frames, backend = prepare_inputs(
+        pred, target, hand_mask, ref_pred, hand_weight, skip_frames, backend, pred_name, arg_suffix)
+    err, err_ref = _halo_error_fwd(pred, ref_pred, target, hand_mask, hand_weight, skip_frames, backend)
     return err, (err_ref if ref_pred is not None else None)
 
 
@@ -136,11 +140,23 @@ def halo_error(pred, target, hand_mask=None, *, hand_weight=10.0, skip_frames=1,
                        backend=backend, pred_name="pred")[0]
 
 
+def check_hyper_parameters(*, hand_weight, skip_frames, backend, beta=None):
+    """What a loss module can check when built (F is known only at the call): a bad value fails
+    at construction, not at the first step of a run."""
+    _checks.as_number("hand_weight", hand_weight)
+    _checks.as_skip_frames(skip_frames)
+    if beta is not None:
+        _checks.as_number("beta", beta, positive=True)
+    if backend not in _backends.BACKENDS:
+        raise ValueError(f"backend must be one of {_backends.BACKENDS}, got {backend!r}")
+
+
 class HaloError(torch.nn.Module):
     """`halo_error` with its hyper-parameters held: `HaloError(hand_weight=10)(pred, target, mask)`."""
 
     def __init__(self, hand_weight=10.0, skip_frames=1, backend="auto"):
         super().__init__()
+        check_hyper_parameters(hand_weight=hand_weight, skip_frames=skip_frames, backend=backend)
         self.hand_weight, self.skip_frames, self.backend = hand_weight, skip_frames, backend
 
     def forward(self, pred, target, hand_mask=None):

@@ -10,13 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks
-from .halo_error import halo_errors, prepare_inputs
+from .halo_error import check_hyper_parameters, halo_errors, prepare_inputs
 from .halo_loss import halo_loss
-
-
-def _check_beta(beta):
-    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 < beta < float("inf")):
-        raise ValueError(f"beta must be a number > 0, got {beta!r}")
 
 
 def _reference_error(name, ref_error, pred, err):
@@ -48,8 +43,8 @@ def flow_ipa_loss(model_pred, target, timesteps, hand_mask=None, *, ref_pred=Non
         `logit` (mean preference logit). With model_pred == ref_pred the loss is exactly log 2.
     """
     _checks.exactly_one("ref_pred", ref_pred, "ref_error", ref_error)
-    _check_beta(beta)
-    target, ref_pred, hand_mask, backend = prepare_inputs(
+    beta = _checks.as_number("beta", beta, positive=True)
+    target, ref_pred, hand_mask, hand_weight, skip_frames, backend = prepare_inputs(
         model_pred, target, hand_mask, ref_pred, hand_weight, skip_frames, backend)
     B = model_pred.shape[0]
     if ref_error is not None:
@@ -66,7 +61,7 @@ def flow_sft_loss(model_pred, target, hand_mask=None, *, hand_weight=10.0, skip_
 
     Returns (loss, {"model_error": ...}). Same arguments as `halo_error`.
     """
-    target, _, hand_mask, backend = prepare_inputs(
+    target, _, hand_mask, hand_weight, skip_frames, backend = prepare_inputs(
         model_pred, target, hand_mask, None, hand_weight, skip_frames, backend)
     return halo_loss(model_pred, None, target, hand_mask, None, None, objective="sft", beta=1.0,
                      hand_weight=hand_weight, skip_frames=skip_frames, backend=backend)
@@ -86,14 +81,14 @@ def flow_dpo_loss(model_pred_w, model_pred_l, target_w, target_l, hand_mask_w=No
     """
     _checks.exactly_one("ref_pred_w", ref_pred_w, "ref_error_w", ref_error_w)
     _checks.exactly_one("ref_pred_l", ref_pred_l, "ref_error_l", ref_error_l)
-    _check_beta(beta)
+    beta = _checks.as_number("beta", beta, positive=True)
     _checks.check_prediction("model_pred_w", model_pred_w)
     _checks.check_like("model_pred_l", model_pred_l, "model_pred_w", model_pred_w)
     kw = dict(hand_weight=hand_weight, skip_frames=skip_frames, backend=backend)
     e_w, e_ref_w = halo_errors(model_pred_w, target_w, hand_mask_w, ref_pred=ref_pred_w,
-                               pred_name="model_pred_w", **kw)
+                               pred_name="model_pred_w", arg_suffix="_w", **kw)
     e_l, e_ref_l = halo_errors(model_pred_l, target_l, hand_mask_l, ref_pred=ref_pred_l,
-                               pred_name="model_pred_l", **kw)
+                               pred_name="model_pred_l", arg_suffix="_l", **kw)
     if e_ref_w is None:
         e_ref_w = _reference_error("ref_error_w", ref_error_w, model_pred_w, e_w)
     if e_ref_l is None:
@@ -125,6 +120,7 @@ class FlowIPALoss(_LossModule):
 
     def __init__(self, beta=600.0, hand_weight=10.0, skip_frames=1, backend="auto"):
         super().__init__()
+        check_hyper_parameters(beta=beta, hand_weight=hand_weight, skip_frames=skip_frames, backend=backend)
         self.beta, self.hand_weight, self.skip_frames, self.backend = beta, hand_weight, skip_frames, backend
 
     def forward(self, model_pred, target, timesteps, hand_mask=None, *, ref_pred=None, ref_error=None):
@@ -138,6 +134,7 @@ class FlowSFTLoss(_LossModule):
 
     def __init__(self, hand_weight=10.0, skip_frames=1, backend="auto"):
         super().__init__()
+        check_hyper_parameters(hand_weight=hand_weight, skip_frames=skip_frames, backend=backend)
         self.hand_weight, self.skip_frames, self.backend = hand_weight, skip_frames, backend
 
     def forward(self, model_pred, target, hand_mask=None):
@@ -152,6 +149,7 @@ class FlowDPOLoss(_LossModule):
 
     def __init__(self, beta=600.0, hand_weight=10.0, skip_frames=1, backend="auto"):
         super().__init__()
+        check_hyper_parameters(beta=beta, hand_weight=hand_weight, skip_frames=skip_frames, backend=backend)
         self.beta, self.hand_weight, self.skip_frames, self.backend = beta, hand_weight, skip_frames, backend
 
     def forward(self, model_pred_w, model_pred_l, target_w, target_l, hand_mask_w=None,

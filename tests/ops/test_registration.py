@@ -6,11 +6,13 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 import ipa.ops._backends as backends
-from ipa.ops import available_backends, flow_ipa_loss, halo_error, reference
+from ipa.ops import (FlowDPOLoss, FlowIPALoss, FlowSFTLoss, HaloError, available_backends, flow_dpo_loss,
+                     flow_ipa_loss, halo_error, reference)
 
 from .test_halo_error import BACKENDS, _need, make_inputs
 
@@ -164,9 +166,12 @@ def _bad_input_cases():
          r"model_pred must be non-empty in every dimension .*got shape \(0, "),
         (dict(target=target.to("meta")), "target is on meta but model_pred is on cpu"),
         (dict(hand_mask=m.to("meta")), "hand_mask is on meta but model_pred is on cpu"),
-        (dict(beta=0.0), "beta must be a number > 0"),
+        (dict(beta=0.0), "beta must be a finite number > 0"),
+        (dict(beta=10 ** 400), "beta must be a finite number > 0"),  # float() would overflow
         (dict(skip_frames=5, hand_mask=None), r"skip_frames must be an int in \[0, F=4\]"),
+        (dict(skip_frames=True), "skip_frames must be an int, got True"),
         (dict(hand_weight=float("inf")), "hand_weight must be a finite number >= 0"),
+        (dict(hand_weight=True), "hand_weight must be a real number, got True"),
     ], ok
 
 
@@ -178,6 +183,65 @@ def test_bad_input_names_the_argument(case):
     args = (kw.pop("model_pred"), kw.pop("target"), kw.pop("timesteps"), kw.pop("hand_mask"))
     with pytest.raises(ValueError, match=match):
         flow_ipa_loss(*args, **kw)
+
+
+def test_dpo_errors_name_the_side():
+    """DPO's tensors are checked by the shared helpers: each error names the side's argument."""
+    pw, rw, tw, mw = make_inputs(SHAPE, seed=1)
+    pl, rl, tl, ml = make_inputs(SHAPE, seed=2)
+    refs = dict(ref_pred_w=rw, ref_pred_l=rl)
+    for args, kw, name in [((pw, pl, tw, tl[:, :1], mw, ml), refs, "target_l must have the shape of model_pred_l"),
+                           ((pw, pl, tw.long(), tl, mw, ml), refs, "target_w must be floating point"),
+                           ((pw, pl, tw, tl, mw, ml[:, :1]), refs, "hand_mask_l must have F - skip_frames"),
+                           ((pw, pl, tw, tl, mw[:1], ml), refs, "hand_mask_w batch must be 2"),
+                           ((pw, pl, tw, tl, mw, ml), dict(ref_pred_w=rw, ref_pred_l=rl[:1]),
+                            "ref_pred_l must have the shape of model_pred_l")]:
+        with pytest.raises(ValueError, match=name):
+            flow_dpo_loss(*args, **kw)
+
+
+def test_numpy_scalars_are_numbers():
+    """Hyper-parameters from a NumPy config: np.float32 / np.int64 give the Python values' result."""
+    pred, ref, target, m = make_inputs(SHAPE)
+    t = torch.rand(SHAPE[0])
+    want = flow_ipa_loss(pred, target, t, m, ref_pred=ref, beta=50.0, hand_weight=7.0, skip_frames=1)[0]
+    got = flow_ipa_loss(pred, target, t, m, ref_pred=ref, beta=np.float32(50), hand_weight=np.float32(7),
+                        skip_frames=np.int64(1))[0]
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: FlowIPALoss(beta=-1.0), "beta must be a finite number > 0"),
+    (lambda: FlowDPOLoss(beta=float("nan")), "beta must be a finite number > 0"),
+    (lambda: FlowSFTLoss(hand_weight=-1.0), "hand_weight must be a finite number >= 0"),
+    (lambda: HaloError(skip_frames=-3), "skip_frames must be an int >= 0"),
+    (lambda: FlowIPALoss(backend="gpu"), "backend must be one of"),
+])
+def test_loss_modules_refuse_bad_hyper_parameters_when_built(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_hand_mask_is_a_constant():
+    """A mask that requires grad (say, from a soft detector) is a weight, as documented: no gradient
+    reaches it, and it alone makes nothing to differentiate (no backward kernel for nothing)."""
+    pred, ref, target, m = make_inputs(SHAPE)
+    m.requires_grad_()
+    assert not halo_error(pred, target, m).requires_grad
+    p = pred.clone().requires_grad_()
+    flow_ipa_loss(p, target, torch.rand(SHAPE[0]), m, ref_pred=ref)[0].backward()
+    assert p.grad is not None and m.grad is None
+
+
+def test_fake_tensors_trace_without_data():
+    """Under a FakeTensorMode (shape propagation, as tracers use) nothing reads tensor values."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    pred, ref, target, m = make_inputs(SHAPE)
+    with FakeTensorMode() as mode:
+        loss, metrics = flow_ipa_loss(*(mode.from_tensor(x) for x in (pred, target, torch.rand(SHAPE[0]), m)),
+                                      ref_pred=mode.from_tensor(ref))
+    assert loss.shape == () and loss.dtype == torch.float32 and set(metrics) >= {"ipa_gap", "model_error"}
 
 
 def test_ops_import_nothing_else_of_ipa():

@@ -81,10 +81,18 @@ def resolve_backend(backend, device):
     return _resolve(backend, device_type)
 
 
+def _assume_constant_result(fn):
+    """`torch.compiler.assume_constant_result` without its import of torch._dynamo (2 s, in every
+    process that imports ipa.ops): it only sets this attribute (PyTorch 2.1 to 2.13), which Dynamo
+    reads when it traces a call. test_first_call_inside_torch_compile_dynamic fails if it stops."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 # Host-side setup (loading ipa._C or the Triton module, reading torch's CPU capability) that
 # torch.compile must not trace: under compilation it runs once, eagerly, and its answer is a
 # constant of the graph, so the first call of an op may come inside torch.compile(fullgraph=True).
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def _resolve(backend, device):
     if backend == "torch":
         return backend

@@ -4,7 +4,7 @@ import math
 import numbers
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor  # no public name for the class
+from torch._subclasses.fake_tensor import FakeTensor  # loaded by torch itself; no public name
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MASK_DTYPES = FLOAT_DTYPES + (torch.bool, torch.uint8)

@@ -245,8 +245,10 @@ def test_fake_tensors_trace_without_data():
 
 
 def test_ops_import_nothing_else_of_ipa():
-    """Other projects import `ipa.ops` alone: it must not pull in models, training, data, ..."""
+    """Other projects import `ipa.ops` alone: it must not pull in models, training, data, ...; nor
+    torch._dynamo (2 s more per process: every rank, every CLI call)."""
     code = ("import sys, ipa.ops; "
             "bad = [m for m in sys.modules if m.startswith('ipa.') and not m.startswith(('ipa.ops', 'ipa._C'))]; "
+            "bad += ['torch._dynamo'] if 'torch._dynamo' in sys.modules else []; "
             "print(bad); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

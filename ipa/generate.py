@@ -148,6 +148,7 @@ def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, se
     from ipa.data import ShardDataset
     from ipa.data.encode import LatentCodec, load_text_embedding, load_vae
     from ipa.data.prepare import condition_dir
+    from ipa.data.shards import atomic_write_text
     from ipa.models import build_transformer, load_lora
 
     if candidates < 1 or steps < 1 or batch_size < 1:
@@ -186,8 +187,7 @@ def generate(model, conditions, out, *, candidates: int = 4, steps: int = 30, se
 
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:  # atomic: the other ranks may be reading the previous one (_check_rerun)
-        (out / "run.json.part").write_text(json.dumps(settings, indent=1))
-        os.replace(out / "run.json.part", out / "run.json")
+        atomic_write_text(out / "run.json", json.dumps(settings, indent=1))
     mine = list(range(rank, len(ds), world))
     todo = [(i, k) for i in mine for k in range(candidates)
             if not (candidate_dir(out, ds.records[i]["id"], k) / "meta.json").is_file()]

@@ -40,7 +40,9 @@ def sample_checksum(tensors: dict) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path, text: str) -> None:
+    """`path` holds the old text or the new one, never a mix (a kill mid-write included)."""
+    path = Path(path)
     part = path.with_name(path.name + ".part")
     part.write_text(text)
     os.replace(part, path)
@@ -112,8 +114,8 @@ class ShardWriter:
 
     def close(self) -> Path:
         self._flush()
-        _atomic_write_text(self.out / INFO, json.dumps({**self.info, "samples": len(self._records)}, indent=1))
-        _atomic_write_text(self.out / MANIFEST, "".join(json.dumps(r) + "\n" for r in self._records))
+        atomic_write_text(self.out / INFO, json.dumps({**self.info, "samples": len(self._records)}, indent=1))
+        atomic_write_text(self.out / MANIFEST, "".join(json.dumps(r) + "\n" for r in self._records))
         return self.out
 
     def __enter__(self):

@@ -73,10 +73,14 @@ def available_backends(device="cpu"):
     return names
 
 
-def resolve_backend(backend, device):
-    """Turn a user's `backend` argument into the one that will run, or raise a clear error."""
+def check_backend_name(backend):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def resolve_backend(backend, device):
+    """Turn a user's `backend` argument into the one that will run, or raise a clear error."""
+    check_backend_name(backend)
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     return _resolve(backend, device_type)
 

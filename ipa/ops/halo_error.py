@@ -147,8 +147,7 @@ def check_hyper_parameters(*, hand_weight, skip_frames, backend, beta=None):
     _checks.as_skip_frames(skip_frames)
     if beta is not None:
         _checks.as_number("beta", beta, positive=True)
-    if backend not in _backends.BACKENDS:
-        raise ValueError(f"backend must be one of {_backends.BACKENDS}, got {backend!r}")
+    _backends.check_backend_name(backend)
 
 
 class HaloError(torch.nn.Module):

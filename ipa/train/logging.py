@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from ipa.data.shards import atomic_write_text
+
 
 def read_metrics(path) -> list[dict]:
     """The rows of a `metrics.jsonl`; a last line cut short by a kill mid-write is dropped."""
@@ -43,9 +45,7 @@ def write_config(output_dir, text: str, start_step: int) -> None:
             os.replace(path, kept)
             print(f"resume: the config differs from the one steps 1-{start_step} ran with ({'; '.join(changed)}); "
                   f"that one is kept as {kept.name}", file=sys.stderr, flush=True)
-    part = path.with_name(path.name + ".part")
-    part.write_text(text)
-    os.replace(part, path)
+    atomic_write_text(path, text)
 
 
 class RunLog:
@@ -59,9 +59,8 @@ class RunLog:
         self.dir = Path(output_dir)
         self.path = self.dir / "metrics.jsonl"
         kept = [row for row in read_metrics(self.path) if row["step"] <= start_step] if self.path.is_file() else []
-        part = self.path.with_name(self.path.name + ".part")  # atomic: a kill here keeps the old log whole
-        part.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        os.replace(part, self.path)
+        # atomic: a kill here keeps the old log whole
+        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
         self.file = open(self.path, "a")  # noqa: SIM115 (held for the run, closed in close())
         self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="ipa train", unit="step", dynamic_ncols=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+GRAPH_REPLAYS = 10  # CUDA-graph replays per timed sample (see time_side_by_side)
 
 
 def bounded(kind, low, *, strict=False):
@@ -71,17 +72,20 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def _time_once(fn, device):
+def _time_once(fn, device, calls=1):
+    """ms per call over `calls` back-to-back calls of `fn()`."""
     if device.type == "cuda":
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(calls):
+            fn()
         b.record()
         b.synchronize()
-        return a.elapsed_time(b)
+        return a.elapsed_time(b) / calls
     t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / calls
 
 
 def _summary(times):
@@ -90,23 +94,26 @@ def _summary(times):
     return statistics.median(times), q[0], q[-1], len(times)
 
 
-def time_fn(fn, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2):
+def time_fn(fn, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2, calls=1):
     """Median and 10th/90th percentile wall time (ms) of `fn()` after warm-up.
 
-    On CUDA each call is bracketed by events; on CPU by perf_counter (the ops are synchronous).
-    Repeats until `budget_s` is spent, within [min_reps, max_reps].
+    On CUDA each sample is bracketed by events; on CPU by perf_counter (the ops are synchronous).
+    A sample is `calls` back-to-back calls (reported per call). Repeats until `budget_s` is spent,
+    within [min_reps, max_reps] samples.
     """
     return time_side_by_side({"fn": fn}, device, min_reps=min_reps, max_reps=max_reps,
-                             budget_s=budget_s, warmup=warmup)["fn"]
+                             budget_s=budget_s, warmup=warmup, calls=calls)["fn"]
 
 
-def time_side_by_side(fns, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2, block=4):
+def time_side_by_side(fns, device, *, min_reps=5, max_reps=50, budget_s=2.0, warmup=2, block=4, calls=1):
     """`time_fn` for several implementations, interleaved in short blocks so that a load spike or
     a clock change hits all of them alike (ratios stay honest on a shared machine).
 
     Each block starts with one untimed call: switching implementation changes the allocator's
     state (an eager step frees ~100 MB of temporaries), and that transition is not the
-    implementation's own cost."""
+    implementation's own cost. `calls` > 1 times CUDA-graph replays back to back: one replay
+    between two events would also time the host's launch of it (~6 us measured on an H200,
+    results/NOTES.md), which a training step hides behind the GPU's queue."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -119,7 +126,7 @@ def time_side_by_side(fns, device, *, min_reps=5, max_reps=50, budget_s=2.0, war
             fn()
             sync(device)
             for _ in range(block):
-                times[k].append(_time_once(fn, device))
+                times[k].append(_time_once(fn, device, calls))
     return {k: _summary(v) for k, v in times.items()}
 
 
@@ -185,8 +192,9 @@ def copy_bandwidth(nbytes, device):
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     copy = lambda: dst.copy_(src)  # noqa: E731
-    fn = graph_replayer([copy]) if device.type == "cuda" else copy
-    med, *_ = time_fn(fn, device, min_reps=5, budget_s=1.0)
+    cuda = device.type == "cuda"
+    fn = graph_replayer([copy]) if cuda else copy
+    med, *_ = time_fn(fn, device, min_reps=5, budget_s=1.0, calls=GRAPH_REPLAYS if cuda else 1)
     return 2 * src.numel() * 4 / (med * 1e-3) / 1e9
 
 

@@ -2,22 +2,26 @@
 # The GPU suite: one command for a lent GPU machine (or any CUDA box with torch + triton).
 #
 #   make gpu-wheels                                   # here: wheels the GPU image lacks -> .whl/
-#   bash benchmarks/gpu_suite.sh [tests] [ops] [model]   # there, carrying .whl; default: all three
+#   bash benchmarks/gpu_suite.sh [tests] [ops] [model] [tune]   # there, carrying .whl; default: all four
 #   bash benchmarks/gpu_suite.sh train                # a second call, when device time is left
 #
-# Installs the package offline (carried wheels first), then runs three phases, each under its own
-# time limit so that the whole run fits one 10-minute device call (install ~1 min, then at most
-# TESTS_S + OPS_S + MODEL_S = 130 + 230 + 150 s, leaving slack under the call's 600 s):
+# Installs the package offline (carried wheels first), then runs the phases, each under its own
+# time limit so that the whole run fits one 10-minute device call (install ~45 s, then at most
+# TESTS_S + OPS_S + MODEL_S + TUNE_S = 100 + 150 + 160 + 100 s). On the lent H200 (2026-12-04)
+# they took 38-43, 57, 127 and 45 s: the default run is ~6 minutes.
 #   tests  the CUDA tests (CPU ones are CI's): the Triton ops against the reference, opcheck,
 #          compile; the ops benchmark at a toy size (its CUDA-graph timing); the training loop's
 #          metrics reduction on NCCL; with diffusers there, also attention backends' agreement
 #          and the GPU block's toy run
 #   ops    ipa bench ops: fused IPA loss vs eager vs torch.compile, all sizes, bf16 and fp32
 #   model  ipa bench model --gpu-block: one Wan-14B block at 32,760 tokens, SDPA backends
+#   tune   python -m benchmarks.tune_halo: the Triton kernels' launch configurations swept at
+#          720p-b8, and where a fused step's GPU time goes
 #   train  (not in the default run) `ipa train` on the GPU: NCCL, bf16, ZeRO-2 adapter and ZeRO-3
 #          copy reference, 3 steps each with checkpoints (needs the DeepSpeed wheels in .whl)
 # A phase cut off by its limit keeps the rows it measured: the benchmarks write their CSV row by
-# row. Results land in benchmarks/results/ (ops-<gpu>.csv/.png, model-<gpu>-block.csv/.png) and,
+# row. Results land in benchmarks/results/ (ops-<gpu>.csv/.png, model-<gpu>-block.csv/.png,
+# tune-halo-<gpu>.csv) and,
 # with the suite's log, in $OUT when set (the device tool brings back at most 8 files), copied
 # after every phase: a call killed at its limit still brings back what the finished phases wrote.
 set -uo pipefail
@@ -26,14 +30,14 @@ PY=${PYTHON:-python3}
 RESULTS=${RESULTS:-benchmarks/results}
 OUT=${OUT:-}
 LOG=${OUT:-/tmp}/gpu-suite.log
-PHASES=${*:-tests ops model}
-TESTS_S=${TESTS_S:-130} OPS_S=${OPS_S:-230} MODEL_S=${MODEL_S:-150} TRAIN_S=${TRAIN_S:-240}
+PHASES=${*:-tests ops model tune}
+TESTS_S=${TESTS_S:-100} OPS_S=${OPS_S:-150} MODEL_S=${MODEL_S:-160} TRAIN_S=${TRAIN_S:-240} TUNE_S=${TUNE_S:-100}
 # GPU timings are steady: short budgets. The issue's key sizes first (the largest for the
 # bandwidth target, 480p-b2 for the CPU comparison), so a cut-off run still has them.
 OPS_ARGS=${OPS_ARGS:---budget 1 --sizes 720p-b8 480p-b2 720p-b2 480p-b1}
 MODEL_ARGS=${MODEL_ARGS:---budget 1.5 --min-reps 5}
 for p in $PHASES; do
-  case $p in tests|ops|model|train) ;; *) echo "gpu_suite.sh: unknown phase '$p' (phases: tests ops model train)"; exit 2 ;; esac
+  case $p in tests|ops|model|tune|train) ;; *) echo "gpu_suite.sh: unknown phase '$p' (phases: tests ops model tune train)"; exit 2 ;; esac
 done
 export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS" ${OUT:+"$OUT"}
@@ -87,6 +91,7 @@ for p in $PHASES; do
            else
              STATUS[model]="not run: diffusers missing (make gpu-wheels here, carry .whl)"
            fi ;;
+    tune)  phase tune "$TUNE_S" $PY -m benchmarks.tune_halo --out-dir "$RESULTS" ;;
     train) if $PY -c "import deepspeed" 2>/dev/null; then
              phase train "$TRAIN_S" $PY -m pytest -m cuda tests/train/test_gpu_train.py -q -p no:cacheprovider
            else

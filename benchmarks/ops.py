@@ -26,8 +26,8 @@ import torch
 
 from ipa.ops import flow_ipa_loss, reference
 
-from .common import (RESULTS, bounded, copy_bandwidth, device_name, device_slug, graph_replayer, peak_extra_bytes,
-                     print_table, time_side_by_side, versions, write_csv)
+from .common import (GRAPH_REPLAYS, RESULTS, bounded, copy_bandwidth, device_name, device_slug, graph_replayer,
+                     peak_extra_bytes, print_table, time_side_by_side, versions, write_csv)
 
 SIZES = {  # name: (B, C, F, H, W) latents; Wan VAE: 8x space, 4x time (81 frames -> 21)
     "480p-b1": (1, 16, 21, 60, 104),
@@ -129,7 +129,7 @@ def run(args, on_rows=lambda rows: None):
             timings, unit = calls, "call"
             replays = graphed_steps(fns, sets, args.impls) if device.type == "cuda" and args.graphs else None
             if replays is not None:
-                timings, unit = time_side_by_side(replays, device, **timing), "cuda graph"
+                timings, unit = time_side_by_side(replays, device, calls=GRAPH_REPLAYS, **timing), "cuda graph"
             peaks = {impl: peak_extra_bytes(step_fn(fns[impl], sets[:1]), device) for impl in args.impls}
             for impl in args.impls:
                 (med, p10, p90, reps), peak = timings[impl], peaks[impl]

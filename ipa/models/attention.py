@@ -9,7 +9,9 @@ Our names and what runs (diffusers ``AttentionBackendName`` in brackets):
     sdpa-efficient  PyTorch SDPA forced to the memory-efficient kernel ("_native_efficient"); CUDA
     native          plain ``F.scaled_dot_product_attention``, PyTorch picks the kernel ("native");
                     runs everywhere
-    auto            flash when it can run, else sdpa-flash on CUDA in fp16/bf16, else native
+    auto            flash when it can run, else native: PyTorch's own SDPA kernel choice, which
+                    on an H200 (torch 2.11) ran a Wan-14B block's attention at 56% of bf16 peak
+                    against 36% for sdpa-flash (benchmarks/NOTES.md)
 
 The choice is checked here, against the device and dtype, before any forward: diffusers would
 otherwise fail deep inside the first attention call.
@@ -76,7 +78,7 @@ def resolve_backend(name, device="cpu", dtype=torch.float32):
     if name not in BACKENDS:
         raise ValueError(f"attention_backend must be one of {BACKENDS}, got {name!r}")
     if name == "auto":
-        for candidate in ("flash", "sdpa-flash", "native"):
+        for candidate in ("flash", "native"):
             if _why_not(candidate, device, dtype) is None:
                 return candidate
     why = _why_not(name, device, dtype)

@@ -18,17 +18,17 @@ def test_unknown_phase_is_refused_before_the_install(tmp_path):
     proc = subprocess.run(["bash", str(SUITE), "tests", "benchmark"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)})
     assert proc.returncode == 2
-    assert "unknown phase 'benchmark' (phases: tests ops model train)" in proc.stdout
+    assert "unknown phase 'benchmark' (phases: tests ops model tune train)" in proc.stdout
     assert not (tmp_path / "gpu-suite.log").exists()  # nothing ran
 
 
 def test_phase_limits_fit_one_device_call():
-    """The default run (tests, ops, model) fits one call; `train` is a second call of its own."""
+    """The default run (tests, ops, model, tune) fits one call; `train` is a second call."""
     limits = {k: int(v) for k, v in re.findall(r"([A-Z]+_S)=\$\{\1:-(\d+)\}", SUITE.read_text())}
-    assert set(limits) == {"TESTS_S", "OPS_S", "MODEL_S", "TRAIN_S"}
-    assert limits["TESTS_S"] + limits["OPS_S"] + limits["MODEL_S"] <= DEVICE_CALL_S - 60
+    assert set(limits) == {"TESTS_S", "OPS_S", "MODEL_S", "TUNE_S", "TRAIN_S"}
+    assert limits["TESTS_S"] + limits["OPS_S"] + limits["MODEL_S"] + limits["TUNE_S"] <= DEVICE_CALL_S - 60
     assert limits["TRAIN_S"] <= DEVICE_CALL_S - 60
-    assert re.search(r"PHASES=\$\{\*:-tests ops model\}", SUITE.read_text())
+    assert re.search(r"PHASES=\$\{\*:-tests ops model tune\}", SUITE.read_text())
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash

@@ -1,0 +1,215 @@
+"""Where the fused IPA step's GPU time goes, and the Triton kernels' launch configurations.
+
+    python -m benchmarks.tune_halo [--size 720p-b8] [--dtype bf16]      (CUDA only)
+
+Each kernel is timed alone, as back-to-back CUDA-graph replays over rotated input sets, against a
+device copy measured the same way: the forward (reads pred, ref, target, mask: 3 N s + M bytes)
+and the backward (reads pred, target, mask, writes the gradient: 3 N s + M) over block sizes and
+warp counts, and the one-program fold over its tile and warps. Every configuration's output is
+checked against the shipped configuration's. Then torch.profiler lists the kernels of one whole
+fused step and of torch.compile's, and the whole step is timed with the shipped and the best
+configurations side by side. Results: benchmarks/results/tune-halo-<device>.csv; what was learned
+goes to benchmarks/NOTES.md.
+"""
+
+import argparse
+import math
+
+import torch
+
+from ipa.kernels import halo
+
+from . import ops
+from .common import (GRAPH_REPLAYS, RESULTS, copy_bandwidth, device_slug, graph_replayer, print_table,
+                     time_side_by_side, write_csv)
+
+BLOCKS = (1024, 2048, 4096, 8192, 16384)
+WARPS = (4, 8, 16)
+FOLD = [(tile, warps) for tile in (1024, 2048, 4096, 8192) for warps in (4, 8, 16)]
+SKIP, LAM1 = 1, 9.0
+
+
+def graph_ms(fns, device, budget_s=0.4):
+    """Median ms per call of back-to-back replays of one graph per input set."""
+    return time_side_by_side({"x": graph_replayer(fns)}, device, min_reps=5, budget_s=budget_s,
+                             calls=GRAPH_REPLAYS)["x"][0]
+
+
+def sweep_kernels(sets, dtype, copy_gbps, n_part_default):
+    B, C, F, H, W = sets[0][0].shape
+    hw, n = H * W, sets[0][0].numel()
+    acc_tl, acc = halo._acc_dtype(dtype)
+    device = sets[0][0].device
+    mask_bytes = sets[0][4].numel() * sets[0][4].element_size()
+    rows, ref_out = [], {}
+    g = torch.rand(B, device=device, dtype=acc)  # the backward's upstream gradient, one for all
+
+    def fwd(pred, ref, target, mask, block, warps):
+        grid = (B * C * F, triton_cdiv(hw, block))
+        part = torch.empty(grid, device=device, dtype=acc)
+        part_ref = torch.empty(grid, device=device, dtype=acc)
+
+        def launch():
+            halo._halo_fwd_kernel[grid](pred, ref, target, mask, part, part_ref, C, F, hw, SKIP, F - SKIP, LAM1,
+                                        HAS_REF=True, HAS_MASK=True, ACC=acc_tl, BLOCK=block, num_warps=warps)
+        return launch, lambda: torch.stack([part.view(B, -1).double().sum(1), part_ref.view(B, -1).double().sum(1)])
+
+    def bwd(pred, target, mask, block, warps):
+        grid = (B * C * F, triton_cdiv(hw, block))
+        grad = torch.empty_like(pred)
+
+        def launch():
+            halo._halo_bwd_kernel[grid](g, pred, target, mask, grad, C, F, hw, n, SKIP, F - SKIP, LAM1,
+                                        HAS_MASK=True, ACC=acc_tl, BLOCK=block, num_warps=warps)
+        return launch, lambda: grad.float()
+
+    for kernel, make, nbytes in (("fwd", fwd, 3 * n * dtype.itemsize + mask_bytes),
+                                 ("bwd", bwd, 3 * n * dtype.itemsize + mask_bytes)):
+        for block in BLOCKS:
+            for warps in WARPS:
+                per_thread = block // (32 * warps)
+                if not 2 <= per_thread <= 64:
+                    continue
+                launches, outs = [], []
+                for pred, ref, target, t, mask in sets:
+                    args = (pred, ref, target, mask) if kernel == "fwd" else (pred, target, mask)
+                    launch, out = make(*args, block, warps)
+                    launches.append(launch)
+                    outs.append(out)
+                ms = graph_ms(launches, device)
+                got = outs[0]()
+                key = kernel
+                ref_out.setdefault(key, got)  # the first configuration's output is the yardstick
+                err = ((got - ref_out[key]).norm() / ref_out[key].norm()).item()
+                shipped = (block, warps) == halo._launch_config(hw, kernel)
+                rows.append(row(kernel, block, warps, ms, nbytes, copy_gbps, err, shipped))
+                print_row(rows[-1])
+
+    part = torch.rand((B, n_part_default), device=device, dtype=acc)
+    part_ref = torch.rand((B, n_part_default), device=device, dtype=acc)
+    t = torch.rand(B, device=device)
+    for tile, warps in FOLD:
+        halo_fold = lambda: halo._fold(part, part_ref, head=halo.HEAD_IPA, n=n, acc_torch=acc, t=t,  # noqa: E731
+                                       beta=600.0, n_stats=5)
+        old = halo.FOLD_TILE, halo.FOLD_WARPS
+        halo.FOLD_TILE, halo.FOLD_WARPS = tile, warps
+        try:
+            ms = graph_ms([halo_fold], device, budget_s=0.2)
+            loss = halo_fold()[2].double()
+        finally:
+            halo.FOLD_TILE, halo.FOLD_WARPS = old
+        ref_out.setdefault("fold", loss)
+        err = (abs(loss - ref_out["fold"]) / abs(ref_out["fold"])).item()
+        rows.append(row("fold", tile, warps, ms, 2 * part.numel() * part.element_size(), copy_gbps, err,
+                        (tile, warps) == old))
+        print_row(rows[-1])
+    return rows
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
+
+
+def row(kernel, block, warps, ms, nbytes, copy_gbps, err, shipped):
+    gbps = nbytes / (ms * 1e-3) / 1e9
+    return {"kernel": kernel, "block": block, "warps": warps, "us": round(ms * 1e3, 1), "gbps": round(gbps),
+            "frac_copy": round(gbps / copy_gbps, 3), "rel_err_vs_first": f"{err:.1e}",
+            "shipped": "yes" if shipped else ""}
+
+
+def print_row(r):
+    print("  ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+
+
+def profile_steps(sets):
+    """Kernels of one fused step and one torch.compile step (device time per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    compiled = torch.compile(ops.eager_loss, dynamic=False)
+    for name, fn in (("fused", ops.fused_loss), ("compile", compiled)):
+        step = ops.step_fn(fn, sets)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        reps = 10
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                step()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+        kernels.sort(key=lambda e: -e.device_time_total)
+        total = sum(e.device_time_total for e in kernels) / reps
+        print(f"\n# {name} step: {total:.1f} us of kernels per step")
+        for e in kernels[:12]:
+            print(f"  {e.device_time_total / reps:8.1f} us  x{e.count / reps:g}  {e.key[:110]}")
+    return compiled
+
+
+def step_side_by_side(sets, compiled, configs):
+    """Whole-step graph replays: the shipped launch configuration, the candidates, compile."""
+    device = sets[0][0].device
+    steps = {}
+    shipped = halo._launch_config, halo.FOLD_TILE, halo.FOLD_WARPS
+    for name, (fwd_cfg, bwd_cfg, fold_tile, fold_warps) in configs.items():
+        halo._launch_config = lambda hw, kernel, f=fwd_cfg, b=bwd_cfg: f if kernel == "fwd" else b
+        halo.FOLD_TILE, halo.FOLD_WARPS = fold_tile, fold_warps
+        try:  # the configuration is baked into the captured launches
+            steps[name] = graph_replayer([ops.step_fn(ops.fused_loss, [s]) for s in sets])
+        finally:
+            halo._launch_config, halo.FOLD_TILE, halo.FOLD_WARPS = shipped
+    steps["compile"] = graph_replayer([ops.step_fn(compiled, [s]) for s in sets])
+    timings = time_side_by_side(steps, device, min_reps=10, budget_s=1.0, calls=GRAPH_REPLAYS)
+    return {k: v[0] for k, v in timings.items()}
+
+
+def best(rows, kernel):
+    r = min((r for r in rows if r["kernel"] == kernel), key=lambda r: r["us"])
+    return r["block"], r["warps"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tune_halo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=list(ops.SIZES), default="720p-b8")
+    p.add_argument("--dtype", choices=list(ops.DTYPES), default="bf16")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA device (the Triton kernels' launch configurations are tuned on the GPU)")
+    device = torch.device("cuda")
+    shape, dtype = ops.SIZES[args.size], ops.DTYPES[args.dtype]
+    sets = ops.make_sets(shape, dtype, device, 2)
+    set_bytes = 3 * math.prod(shape) * dtype.itemsize
+    copy_gbps = copy_bandwidth(max(set_bytes // 3, 256 * 2**20), device)
+    copy_big = copy_bandwidth(2 * 2**30, device)
+    print(f"# {args.size} {args.dtype}: copy {copy_gbps:.0f} GB/s at the tensor's size, {copy_big:.0f} GB/s at 2 GiB")
+
+    hw = shape[3] * shape[4]
+    block, _ = halo._launch_config(hw, "fwd")
+    rows = sweep_kernels(sets, dtype, copy_gbps, shape[1] * shape[2] * triton_cdiv(hw, block))
+    for r in rows:
+        r.update(size=args.size, dtype=args.dtype, copy_gbps=round(copy_gbps))
+    out = RESULTS.__class__(args.out_dir) / f"tune-halo-{device_slug(device)}.csv"
+    write_csv(out, rows)
+
+    compiled = profile_steps(sets)
+    fwd_best, bwd_best = best(rows, "fwd"), best(rows, "bwd")
+    # the fold's partial count follows the forward's block: time the best fold for the shipped one
+    fold_best = best(rows, "fold")
+    shipped = (halo._launch_config(hw, "fwd"), halo._launch_config(hw, "bwd"), halo.FOLD_TILE, halo.FOLD_WARPS)
+    configs = {"shipped": shipped, "best kernels": (fwd_best, bwd_best) + fold_best,
+               "until stop 20": ((4096, 8), (4096, 8), 2048, 4)}  # the first GPU run's configuration
+    times = step_side_by_side(sets, compiled, configs)
+    nbytes = ops.floor_bytes(shape, dtype)
+    print(f"\n# whole step, {args.size} {args.dtype} (graph replays; floor {nbytes / 1e6:.0f} MB, copy {copy_gbps:.0f} GB/s)")
+    for name, ms in times.items():
+        gbps = nbytes / (ms * 1e-3) / 1e9
+        cfg = configs.get(name, "")
+        print(f"  {name:28s} {ms * 1e3:7.1f} us  {gbps:6.0f} GB/s  {gbps / copy_gbps:5.1%} of copy  "
+              f"{times['compile'] / ms:4.2f}x compile  {cfg}")
+    print(f"\nwrote {out}")
+    print_table(rows, ["kernel", "block", "warps", "us", "gbps", "frac_copy", "rel_err_vs_first", "shipped"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -113,7 +113,7 @@ def time_side_by_side(fns, device, *, min_reps=5, max_reps=50, budget_s=2.0, war
     state (an eager step frees ~100 MB of temporaries), and that transition is not the
     implementation's own cost. `calls` > 1 times CUDA-graph replays back to back: one replay
     between two events would also time the host's launch of it (~6 us measured on an H200,
-    results/NOTES.md), which a training step hides behind the GPU's queue."""
+    benchmarks/NOTES.md), which a training step hides behind the GPU's queue."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()

@@ -197,7 +197,7 @@ def main(argv=None):
     fold_best = best(rows, "fold")
     shipped = (halo._launch_config(hw, "fwd"), halo._launch_config(hw, "bwd"), halo.FOLD_TILE, halo.FOLD_WARPS)
     configs = {"shipped": shipped, "best kernels": (fwd_best, bwd_best) + fold_best,
-               "until stop 20": ((4096, 8), (4096, 8), 2048, 4)}  # the first GPU run's configuration
+               "v0 (first GPU run)": ((4096, 8), (4096, 8), 2048, 4)}  # NOTES.md's v0
     times = step_side_by_side(sets, compiled, configs)
     nbytes = ops.floor_bytes(shape, dtype)
     print(f"\n# whole step, {args.size} {args.dtype} (graph replays; floor {nbytes / 1e6:.0f} MB, copy {copy_gbps:.0f} GB/s)")

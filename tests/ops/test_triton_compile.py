@@ -51,6 +51,8 @@ def build_all():
         sig.update(mask_ptr=ptr[mask], C="i32", F="i32", HW="i32", skip="i32", mask_frames="i32", lam1="fp32")
         return sig
 
+    # the launchers' configurations for a 720p latent plane (90 x 160), the size they were tuned at
+    (fwd_block, fwd_warps), (bwd_block, bwd_warps) = halo._launch_config(14400, "fwd"), halo._launch_config(14400, "bwd")
     results, arch = {}, None
     for case in CASES:
         arch, kind, a, b, c = case
@@ -58,20 +60,22 @@ def build_all():
             if kind == "fwd":
                 sig = plane_sig(a, b, ["pred_ptr", "ref_ptr", "target_ptr"])
                 sig["part_pred_ptr"] = sig["part_ref_ptr"] = ptr["fp64" if a == "fp64" else "fp32"]
-                k = build(halo._halo_fwd_kernel, sig, {"HAS_REF": c, "HAS_MASK": True, "ACC": acc_tl[a], "BLOCK": 4096},
-                          divisible=("pred_ptr", "ref_ptr", "target_ptr", "HW"), num_warps=8)
+                k = build(halo._halo_fwd_kernel, sig, {"HAS_REF": c, "HAS_MASK": True, "ACC": acc_tl[a],
+                                                         "BLOCK": fwd_block},
+                          divisible=("pred_ptr", "ref_ptr", "target_ptr", "HW"), num_warps=fwd_warps)
             elif kind == "bwd":
                 sig = plane_sig(a, b, ["pred_ptr", "target_ptr", "grad_ptr"])
                 sig.update(grad_err_ptr=ptr["fp64" if a == "fp64" else "fp32"], N="i64" if a == "fp64" else "i32")
-                k = build(halo._halo_bwd_kernel, sig, {"HAS_MASK": c, "ACC": acc_tl[a], "BLOCK": 4096},
-                          divisible=("pred_ptr", "target_ptr", "grad_ptr", "HW"), num_warps=8)
+                k = build(halo._halo_bwd_kernel, sig, {"HAS_MASK": c, "ACC": acc_tl[a], "BLOCK": bwd_block},
+                          divisible=("pred_ptr", "target_ptr", "grad_ptr", "HW"), num_warps=bwd_warps)
             else:
                 head, ref_parts = c.split("-")
                 p = ptr[a]
                 sig = dict(part_ptr=p, part_ref_ptr=p, ref_err_ptr=p, t_ptr="*fp32", err_ptr=p, err_ref_ptr=p,
                            loss_ptr=p, stats_ptr=p, coef_ptr=p, B="i32", P="i32", N=b, beta="fp32")
                 k = build(halo._fold_kernel, sig, {"HEAD": int(head), "REF_PARTS": ref_parts == "True",
-                                                   "ROUND_FP32": a == "fp32", "BLOCK_B": 8, "BLOCK_P": 256})
+                                                   "ROUND_FP32": a == "fp32", "BLOCK_B": 8,
+                                                   "BLOCK_P": halo.FOLD_TILE // 8}, num_warps=halo.FOLD_WARPS)
             ptx = k.asm["ptx"]
             results[repr(case)] = {"ok": bool(k.asm["cubin"]), "error": "",
                                    "ptx_v4_load": bool(re.search(r"ld\.global(\.\w+)*\.v4\.b32", ptx)),

@@ -43,6 +43,7 @@ def sweep_kernels(sets, dtype, copy_gbps, n_part_default):
     mask_bytes = sets[0][4].numel() * sets[0][4].element_size()
     rows, ref_out = [], {}
     g = torch.rand(B, device=device, dtype=acc)  # the backward's upstream gradient, one for all
+    g_scale = torch.rand((), device=device, dtype=acc)  # and the loss's, as a loss's backward passes it
 
     def fwd(pred, ref, target, mask, block, warps):
         grid = (B * C * F, triton_cdiv(hw, block))
@@ -59,8 +60,8 @@ def sweep_kernels(sets, dtype, copy_gbps, n_part_default):
         grad = torch.empty_like(pred)
 
         def launch():
-            halo._halo_bwd_kernel[grid](g, pred, target, mask, grad, C, F, hw, n, SKIP, F - SKIP, LAM1,
-                                        HAS_MASK=True, ACC=acc_tl, BLOCK=block, num_warps=warps)
+            halo._halo_bwd_kernel[grid](g, g_scale, pred, target, mask, grad, C, F, hw, n, SKIP, F - SKIP, LAM1,
+                                        HAS_SCALE=True, HAS_MASK=True, ACC=acc_tl, BLOCK=block, num_warps=warps)
         return launch, lambda: grad.float()
 
     for kernel, make, nbytes in (("fwd", fwd, 3 * n * dtype.itemsize + mask_bytes),

@@ -73,13 +73,18 @@ def _halo_fwd_kernel(
 
 @triton.jit
 def _halo_bwd_kernel(
-    grad_err_ptr, pred_ptr, target_ptr, mask_ptr, grad_ptr,
+    grad_err_ptr, grad_scale_ptr, pred_ptr, target_ptr, mask_ptr, grad_ptr,
     C, F, HW, N, skip, mask_frames, lam1,
-    HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     plane, blk, b, f, offs, in_bounds, base = _block_coords(C, F, HW, BLOCK)
 
-    scale = tl.load(grad_err_ptr + b).to(ACC) * 2.0 / N  # 2 g[b] / N: no host-side kernel for it
+    # 2 g[b] / N, with g[b] = grad_err[b] * grad_scale (a loss's upstream gradient) when given:
+    # no host-side kernel for either
+    g = tl.load(grad_err_ptr + b).to(ACC)
+    if HAS_SCALE:
+        g = g * tl.load(grad_scale_ptr).to(ACC)
+    scale = g * 2.0 / N
     d = (tl.load(pred_ptr + base + offs, mask=in_bounds, other=0).to(ACC)
          - tl.load(target_ptr + base + offs, mask=in_bounds, other=0).to(ACC))
     if HAS_MASK:
@@ -259,8 +264,9 @@ def halo_loss_forward(pred, ref, target, mask, timesteps, ref_error, objective: 
 
 
 @_on_inputs_device
-def halo_backward(grad_err, pred, target, mask, hand_weight: float, skip_frames: int):
-    """Gradient of the per-sample error with respect to `pred`, in pred's dtype."""
+def halo_backward(grad_err, pred, target, mask, hand_weight: float, skip_frames: int, grad_scale=None):
+    """Gradient of `sum_b grad_scale * grad_err[b] * err[b]` with respect to `pred`, in pred's
+    dtype; `grad_scale` is a 0-dim tensor or None (1)."""
     B, C, F, H, W = pred.shape
     hw = H * W
     block, num_warps = _launch_config(hw, "bwd")
@@ -268,8 +274,10 @@ def halo_backward(grad_err, pred, target, mask, hand_weight: float, skip_frames:
     acc_tl, _ = _acc_dtype(pred.dtype)
     grad = torch.empty_like(pred)
     _halo_bwd_kernel[grid](
-        grad_err, pred, target, mask if mask is not None else pred, grad,
+        grad_err, grad_scale if grad_scale is not None else grad_err, pred, target,
+        mask if mask is not None else pred, grad,
         C, F, hw, C * F * hw, skip_frames, F - skip_frames, float(hand_weight) - 1.0,
-        HAS_MASK=mask is not None, ACC=acc_tl, BLOCK=block, num_warps=num_warps,
+        HAS_SCALE=grad_scale is not None, HAS_MASK=mask is not None, ACC=acc_tl, BLOCK=block,
+        num_warps=num_warps,
     )
     return grad

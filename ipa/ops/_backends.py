@@ -190,9 +190,14 @@ def loss_forward(backend, pred, ref, target, mask, timesteps, ref_error, objecti
     return loss, stats, coef
 
 
-def backward(backend, grad_err, pred, target, mask, hand_weight, skip_frames):
-    """d(sum_b grad_err[b] * err[b]) / d pred, in pred's dtype."""
+def backward(backend, grad_err, pred, target, mask, hand_weight, skip_frames, grad_scale=None):
+    """d(sum_b grad_scale * grad_err[b] * err[b]) / d pred, in pred's dtype (grad_scale: 0-dim or None)."""
     B, C, F, H, W = pred.shape
+    if backend == "triton":
+        return _load("triton").halo_backward(grad_err, pred, target, _mask_for_kernel(mask), hand_weight,
+                                             skip_frames, grad_scale)
+    if grad_scale is not None:
+        grad_err = grad_err * grad_scale
     if backend == "torch":
         acc = acc_dtype(pred.dtype)
         g = grad_err.to(acc).view(B, 1, 1, 1, 1) * (2.0 / (C * F * H * W))
@@ -201,8 +206,6 @@ def backward(backend, grad_err, pred, target, mask, hand_weight, skip_frames):
             d = d * reference.halo_weight(mask, F, hand_weight=hand_weight, skip_frames=skip_frames, dtype=acc)
         return (g * d).to(pred.dtype)
     mask = _mask_for_kernel(mask)
-    if backend == "triton":
-        return _load("triton").halo_backward(grad_err, pred, target, mask, hand_weight, skip_frames)
     grad = torch.empty_like(pred)
     g64 = grad_err.to(torch.float64).contiguous()
     _load("cpp").halo_backward(

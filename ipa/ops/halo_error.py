@@ -38,14 +38,18 @@ def _(pred, ref, target, hand_mask, hand_weight, skip_frames, backend):
 
 @torch.library.custom_op("ipa::halo_error_bwd", mutates_args=())
 def _halo_error_bwd(grad_err: Tensor, pred: Tensor, target: Tensor, hand_mask: Optional[Tensor],
-                    hand_weight: float, skip_frames: int, backend: str) -> Tensor:
+                    hand_weight: float, skip_frames: int, backend: str,
+                    grad_scale: Optional[Tensor] = None) -> Tensor:
+    # grad_scale (0-dim) multiplies grad_err: a loss passes its upstream gradient here, so the
+    # Triton backward applies it per program instead of a launch of `grad_loss * coef` of its own.
     pred, target = pred.contiguous(), target.contiguous()
     hand_mask = hand_mask.contiguous() if hand_mask is not None else None
-    return _backends.backward(backend, grad_err.contiguous(), pred, target, hand_mask, hand_weight, skip_frames)
+    return _backends.backward(backend, grad_err.contiguous(), pred, target, hand_mask, hand_weight, skip_frames,
+                              grad_scale)
 
 
 @_halo_error_bwd.register_fake
-def _(grad_err, pred, target, hand_mask, hand_weight, skip_frames, backend):
+def _(grad_err, pred, target, hand_mask, hand_weight, skip_frames, backend, grad_scale=None):
     return torch.empty_like(pred, memory_format=torch.contiguous_format)
 
 

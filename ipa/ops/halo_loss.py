@@ -94,12 +94,12 @@ def _backward(ctx, grad_loss, _grad_stats, _grad_coef):
     pred, target, hand_mask, coef, ref = ctx.saved_tensors
     if grad_loss is None:  # reached with no gradient for the loss (gradcheck probes this way)
         return (None,) * 11
-    grad_err = grad_loss * coef
-    grad_pred = _halo_error_bwd(grad_err, pred, target, hand_mask, ctx.hand_weight, ctx.skip_frames,
-                                ctx.backend)
+    # dL/d err = grad_loss * coef, applied inside the backward kernel (one launch fewer per step)
+    grad_pred = _halo_error_bwd(coef, pred, target, hand_mask, ctx.hand_weight, ctx.skip_frames,
+                                ctx.backend, grad_loss)
     grad_target = None
     if ctx.needs_input_grad[2]:  # IPA: L is a function of err_ref - err, so dL/d err_ref = -dL/d err
-        grad_target = target_grad(ctx, grad_pred, -grad_err, ref, target, hand_mask)
+        grad_target = target_grad(ctx, grad_pred, -(grad_loss * coef), ref, target, hand_mask)
     if not ctx.needs_input_grad[0]:
         grad_pred = None
     return grad_pred, None, grad_target, None, None, None, None, None, None, None, None

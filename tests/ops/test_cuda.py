@@ -63,6 +63,8 @@ def test_opcheck_on_gpu(with_ref):
     torch.library.opcheck(torch.ops.ipa.halo_error_fwd.default, (pred, ref, target, m, 10.0, 1, "triton"))
     grad = torch.rand(2, device="cuda")
     torch.library.opcheck(torch.ops.ipa.halo_error_bwd.default, (grad, pred.detach(), target, m, 10.0, 1, "triton"))
+    torch.library.opcheck(torch.ops.ipa.halo_error_bwd.default,
+                          (grad, pred.detach(), target, m, 10.0, 1, "triton", torch.tensor(-2.5, device="cuda")))
     t = torch.rand(2, device="cuda")
     torch.library.opcheck(torch.ops.ipa.halo_loss_fwd.default,
                           (pred, ref, target, m, t, None if with_ref else torch.rand(2, device="cuda"), "ipa",

@@ -47,6 +47,31 @@ def test_ipa_matches_reference(backend, beta):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_upstream_gradient_is_applied_inside_the_backward(backend):
+    """A loss's upstream gradient (here -2.5: DeepSpeed's accumulation divides the loss too) reaches
+    pred and target; on Triton it is applied in the backward kernel, not by a launch of its own."""
+    _need(backend)
+    pred, ref, target, m = make_inputs(SHAPE)
+    ref = pred + 0.05 * ref
+    t = timesteps(SHAPE[0])
+    p_ours, t_ours, p_ref, t_ref = _leaf(pred), _leaf(target), _leaf(pred.double()), _leaf(target.double())
+    loss, _ = flow_ipa_loss(p_ours, t_ours, t, m, ref_pred=ref, backend=backend)
+    want = reference.flow_ipa_loss(p_ref, t_ref, t.double(), m.double(), ref_pred=ref.double())
+    if backend == "triton":  # a training step's case: only pred needs a gradient
+        plain, _ = flow_ipa_loss(_leaf(pred), target, t, m, ref_pred=ref, backend=backend)
+        scaled = -2.5 * plain
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            scaled.backward()
+        counts = {e.key: e.count for e in prof.key_averages()}
+        assert counts.get("ipa::halo_error_bwd") == 1
+        assert counts.get("aten::mul") == 1  # the `-2.5 *` node's own backward, nothing of ours
+    (-2.5 * loss).backward()
+    (-2.5 * want).backward()
+    for ours, ref_grad in ((p_ours.grad, p_ref.grad), (t_ours.grad, t_ref.grad)):
+        torch.testing.assert_close(ours.double(), ref_grad, rtol=1e-4, atol=1e-5 * ref_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_step_zero_is_exactly_log2(backend, dtype):
     """Policy == reference (step 0): every logit is 0 and the loss is log 2 to the last bit."""

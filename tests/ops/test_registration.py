@@ -29,6 +29,9 @@ def test_opcheck(backend, with_ref):
     torch.library.opcheck(torch.ops.ipa.halo_error_fwd.default, args)
     grad = torch.rand(SHAPE[0])
     torch.library.opcheck(torch.ops.ipa.halo_error_bwd.default, (grad, pred.detach(), target, m, 10.0, 1, backend))
+    scale = torch.tensor(-2.5)  # a loss's upstream gradient, applied inside the backward
+    torch.library.opcheck(torch.ops.ipa.halo_error_bwd.default,
+                          (grad, pred.detach(), target, m, 10.0, 1, backend, scale))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -65,8 +65,10 @@ def build_all():
                           divisible=("pred_ptr", "ref_ptr", "target_ptr", "HW"), num_warps=fwd_warps)
             elif kind == "bwd":
                 sig = plane_sig(a, b, ["pred_ptr", "target_ptr", "grad_ptr"])
-                sig.update(grad_err_ptr=ptr["fp64" if a == "fp64" else "fp32"], N="i64" if a == "fp64" else "i32")
-                k = build(halo._halo_bwd_kernel, sig, {"HAS_MASK": c, "ACC": acc_tl[a], "BLOCK": bwd_block},
+                acc_ptr = ptr["fp64" if a == "fp64" else "fp32"]
+                sig.update(grad_err_ptr=acc_ptr, grad_scale_ptr=acc_ptr, N="i64" if a == "fp64" else "i32")
+                k = build(halo._halo_bwd_kernel, sig, {"HAS_SCALE": c, "HAS_MASK": c, "ACC": acc_tl[a],
+                                                       "BLOCK": bwd_block},
                           divisible=("pred_ptr", "target_ptr", "grad_ptr", "HW"), num_warps=bwd_warps)
             else:
                 head, ref_parts = c.split("-")

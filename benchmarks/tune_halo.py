@@ -1,6 +1,6 @@
 """Where the fused IPA step's GPU time goes, and the Triton kernels' launch configurations.
 
-    python -m benchmarks.tune_halo [--size 720p-b8] [--dtype bf16]      (CUDA only)
+    python -m benchmarks.tune_halo [--size 720p-b8] [--dtypes bf16 fp32]      (CUDA only)
 
 Each kernel is timed alone, as back-to-back CUDA-graph replays over rotated input sets, against a
 device copy measured the same way: the forward (reads pred, ref, target, mask: 3 N s + M bytes)
@@ -171,26 +171,37 @@ def best(rows, kernel):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.tune_halo", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=list(ops.SIZES), default="720p-b8")
-    p.add_argument("--dtype", choices=list(ops.DTYPES), default="bf16")
+    p.add_argument("--dtypes", nargs="+", choices=list(ops.DTYPES), default=["bf16", "fp32"])
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("needs a CUDA device (the Triton kernels' launch configurations are tuned on the GPU)")
     device = torch.device("cuda")
-    shape, dtype = ops.SIZES[args.size], ops.DTYPES[args.dtype]
+    out = RESULTS.__class__(args.out_dir) / f"tune-halo-{device_slug(device)}.csv"
+    print(f"# copy of 2 GiB: {copy_bandwidth(2 * 2**30, device):.0f} GB/s (each row compares with a copy "
+          "of its own size)")
+    rows = []
+    for dname in args.dtypes:
+        rows += tune_one(args.size, dname, device)
+        write_csv(out, rows)  # after each dtype: a run cut off keeps what it measured
+    print(f"\nwrote {out}")
+    print_table(rows, ["dtype", "kernel", "block", "warps", "us", "gbps", "frac_copy", "rel_err_vs_first", "shipped"])
+    return 0
+
+
+def tune_one(size, dname, device):
+    """The sweep, the profile and the whole-step comparison for one dtype; the sweep's rows."""
+    shape, dtype = ops.SIZES[size], ops.DTYPES[dname]
     sets = ops.make_sets(shape, dtype, device, 2)
     set_bytes = 3 * math.prod(shape) * dtype.itemsize
     copy_gbps = copy_bandwidth(max(set_bytes // 3, 256 * 2**20), device)
-    copy_big = copy_bandwidth(2 * 2**30, device)
-    print(f"# {args.size} {args.dtype}: copy {copy_gbps:.0f} GB/s at the tensor's size, {copy_big:.0f} GB/s at 2 GiB")
+    print(f"\n# {size} {dname}: copy {copy_gbps:.0f} GB/s")
 
     hw = shape[3] * shape[4]
     block, _ = halo._launch_config(hw, "fwd")
     rows = sweep_kernels(sets, dtype, copy_gbps, shape[1] * shape[2] * triton_cdiv(hw, block))
     for r in rows:
-        r.update(size=args.size, dtype=args.dtype, copy_gbps=round(copy_gbps))
-    out = RESULTS.__class__(args.out_dir) / f"tune-halo-{device_slug(device)}.csv"
-    write_csv(out, rows)
+        r.update(size=size, dtype=dname, copy_gbps=round(copy_gbps))
 
     compiled = profile_steps(sets)
     fwd_best, bwd_best = best(rows, "fwd"), best(rows, "bwd")
@@ -201,15 +212,12 @@ def main(argv=None):
                "v0 (first GPU run)": ((4096, 8), (4096, 8), 2048, 4)}  # NOTES.md's v0
     times = step_side_by_side(sets, compiled, configs)
     nbytes = ops.floor_bytes(shape, dtype)
-    print(f"\n# whole step, {args.size} {args.dtype} (graph replays; floor {nbytes / 1e6:.0f} MB, copy {copy_gbps:.0f} GB/s)")
+    print(f"\n# whole step, {size} {dname} (graph replays; floor {nbytes / 1e6:.0f} MB, copy {copy_gbps:.0f} GB/s)")
     for name, ms in times.items():
         gbps = nbytes / (ms * 1e-3) / 1e9
-        cfg = configs.get(name, "")
         print(f"  {name:28s} {ms * 1e3:7.1f} us  {gbps:6.0f} GB/s  {gbps / copy_gbps:5.1%} of copy  "
-              f"{times['compile'] / ms:4.2f}x compile  {cfg}")
-    print(f"\nwrote {out}")
-    print_table(rows, ["kernel", "block", "warps", "us", "gbps", "frac_copy", "rel_err_vs_first", "shipped"])
-    return 0
+              f"{times['compile'] / ms:4.2f}x compile  {configs.get(name, '')}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -6,16 +6,19 @@ Each kernel is timed alone, as back-to-back CUDA-graph replays over rotated inpu
 device copy measured the same way: the forward (reads pred, ref, target, mask: 3 N s + M bytes)
 and the backward (reads pred, target, mask, writes the gradient: 3 N s + M) over block sizes and
 warp counts, and the one-program fold over its tile and warps. Every configuration's output is
-checked against the shipped configuration's. Then torch.profiler lists the kernels of one whole
+checked against the first configuration's. Then torch.profiler lists the kernels of one whole
 fused step and of torch.compile's, and the whole step is timed with the shipped and the best
 configurations side by side. Results: benchmarks/results/tune-halo-<device>.csv; what was learned
 goes to benchmarks/NOTES.md.
 """
 
 import argparse
+import contextlib
 import math
+from pathlib import Path
 
 import torch
+import triton
 
 from ipa.kernels import halo
 
@@ -26,7 +29,7 @@ from .common import (GRAPH_REPLAYS, RESULTS, copy_bandwidth, device_slug, graph_
 BLOCKS = (1024, 2048, 4096, 8192, 16384)
 WARPS = (4, 8, 16)
 FOLD = [(tile, warps) for tile in (1024, 2048, 4096, 8192) for warps in (4, 8, 16)]
-SKIP, LAM1 = 1, 9.0
+SKIP, HAND_WEIGHT = 1, 10.0
 
 
 def graph_ms(fns, device, budget_s=0.4):
@@ -35,80 +38,64 @@ def graph_ms(fns, device, budget_s=0.4):
                              calls=GRAPH_REPLAYS)["x"][0]
 
 
+@contextlib.contextmanager
+def launch_config(fwd=None, bwd=None, fold=None):
+    """Run halo's own launchers with these (BLOCK, num_warps) / (FOLD_TILE, FOLD_WARPS) choices;
+    None keeps the shipped one."""
+    shipped = halo._launch_config, halo.FOLD_TILE, halo.FOLD_WARPS
+    chosen = {"fwd": fwd, "bwd": bwd}
+    halo._launch_config = lambda hw, kernel: chosen[kernel] or shipped[0](hw, kernel)
+    halo.FOLD_TILE, halo.FOLD_WARPS = fold or shipped[1:]
+    try:
+        yield
+    finally:
+        halo._launch_config, halo.FOLD_TILE, halo.FOLD_WARPS = shipped
+
+
 def sweep_kernels(sets, dtype, copy_gbps, n_part_default):
     B, C, F, H, W = sets[0][0].shape
     hw, n = H * W, sets[0][0].numel()
-    acc_tl, acc = halo._acc_dtype(dtype)
+    acc = halo._acc_dtype(dtype)[1]
     device = sets[0][0].device
     mask_bytes = sets[0][4].numel() * sets[0][4].element_size()
     rows, ref_out = [], {}
     g = torch.rand(B, device=device, dtype=acc)  # the backward's upstream gradient, one for all
     g_scale = torch.rand((), device=device, dtype=acc)  # and the loss's, as a loss's backward passes it
 
-    def fwd(pred, ref, target, mask, block, warps):
-        grid = (B * C * F, triton_cdiv(hw, block))
-        part = torch.empty(grid, device=device, dtype=acc)
-        part_ref = torch.empty(grid, device=device, dtype=acc)
+    def timed(kernel, cfg, nbytes, launch, result, shipped):
+        """Time `launch` (one closure per input set) under `cfg`; check `result()` of the first set."""
+        state = {}
+        with launch_config(**{kernel: cfg}):  # baked into the captured launches
+            fns = [lambda s=s, i=i: state.__setitem__(i, launch(s)) for i, s in enumerate(sets)]
+            ms = graph_ms(fns, device, budget_s=0.2 if kernel == "fold" else 0.4)
+        got = result(state[0])
+        ref_out.setdefault(kernel, got)  # the first configuration's output is the yardstick
+        err = ((got - ref_out[kernel]).norm() / ref_out[kernel].norm()).item()
+        rows.append(row(kernel, *cfg, ms, nbytes, copy_gbps, err, shipped))
+        print_row(rows[-1])
 
-        def launch():
-            halo._halo_fwd_kernel[grid](pred, ref, target, mask, part, part_ref, C, F, hw, SKIP, F - SKIP, LAM1,
-                                        HAS_REF=True, HAS_MASK=True, ACC=acc_tl, BLOCK=block, num_warps=warps)
-        return launch, lambda: torch.stack([part.view(B, -1).double().sum(1), part_ref.view(B, -1).double().sum(1)])
-
-    def bwd(pred, target, mask, block, warps):
-        grid = (B * C * F, triton_cdiv(hw, block))
-        grad = torch.empty_like(pred)
-
-        def launch():
-            halo._halo_bwd_kernel[grid](g, g_scale, pred, target, mask, grad, C, F, hw, n, SKIP, F - SKIP, LAM1,
-                                        HAS_SCALE=True, HAS_MASK=True, ACC=acc_tl, BLOCK=block, num_warps=warps)
-        return launch, lambda: grad.float()
-
-    for kernel, make, nbytes in (("fwd", fwd, 3 * n * dtype.itemsize + mask_bytes),
-                                 ("bwd", bwd, 3 * n * dtype.itemsize + mask_bytes)):
+    kernels = {  # name: (launch on one input set, its checked result)
+        "fwd": (lambda s: halo._partials(s[0], s[1], s[2], s[4], HAND_WEIGHT, SKIP),
+                lambda out: torch.stack([out[0].double().sum(1), out[1].double().sum(1)])),
+        "bwd": (lambda s: halo.halo_backward(g, s[0], s[2], s[4], HAND_WEIGHT, SKIP, g_scale),
+                lambda out: out.float()),
+    }
+    for kernel, (launch, result) in kernels.items():
         for block in BLOCKS:
             for warps in WARPS:
-                per_thread = block // (32 * warps)
-                if not 2 <= per_thread <= 64:
-                    continue
-                launches, outs = [], []
-                for pred, ref, target, t, mask in sets:
-                    args = (pred, ref, target, mask) if kernel == "fwd" else (pred, target, mask)
-                    launch, out = make(*args, block, warps)
-                    launches.append(launch)
-                    outs.append(out)
-                ms = graph_ms(launches, device)
-                got = outs[0]()
-                key = kernel
-                ref_out.setdefault(key, got)  # the first configuration's output is the yardstick
-                err = ((got - ref_out[key]).norm() / ref_out[key].norm()).item()
-                shipped = (block, warps) == halo._launch_config(hw, kernel)
-                rows.append(row(kernel, block, warps, ms, nbytes, copy_gbps, err, shipped))
-                print_row(rows[-1])
+                if 2 <= block // (32 * warps) <= 64:
+                    timed(kernel, (block, warps), 3 * n * dtype.itemsize + mask_bytes, launch, result,
+                          (block, warps) == halo._launch_config(hw, kernel))
 
     part = torch.rand((B, n_part_default), device=device, dtype=acc)
     part_ref = torch.rand((B, n_part_default), device=device, dtype=acc)
     t = torch.rand(B, device=device)
+    fold = lambda s: halo._fold(part, part_ref, head=halo.HEAD_IPA, n=n, acc_torch=acc, t=t,  # noqa: E731
+                                beta=600.0, n_stats=5)[2]
     for tile, warps in FOLD:
-        halo_fold = lambda: halo._fold(part, part_ref, head=halo.HEAD_IPA, n=n, acc_torch=acc, t=t,  # noqa: E731
-                                       beta=600.0, n_stats=5)
-        old = halo.FOLD_TILE, halo.FOLD_WARPS
-        halo.FOLD_TILE, halo.FOLD_WARPS = tile, warps
-        try:
-            ms = graph_ms([halo_fold], device, budget_s=0.2)
-            loss = halo_fold()[2].double()
-        finally:
-            halo.FOLD_TILE, halo.FOLD_WARPS = old
-        ref_out.setdefault("fold", loss)
-        err = (abs(loss - ref_out["fold"]) / abs(ref_out["fold"])).item()
-        rows.append(row("fold", tile, warps, ms, 2 * part.numel() * part.element_size(), copy_gbps, err,
-                        (tile, warps) == old))
-        print_row(rows[-1])
+        timed("fold", (tile, warps), 2 * part.numel() * part.element_size(), fold, lambda out: out.double(),
+              (tile, warps) == (halo.FOLD_TILE, halo.FOLD_WARPS))
     return rows
-
-
-def triton_cdiv(a, b):
-    return -(-a // b)
 
 
 def row(kernel, block, warps, ms, nbytes, copy_gbps, err, shipped):
@@ -150,14 +137,9 @@ def step_side_by_side(sets, compiled, configs):
     """Whole-step graph replays: the shipped launch configuration, the candidates, compile."""
     device = sets[0][0].device
     steps = {}
-    shipped = halo._launch_config, halo.FOLD_TILE, halo.FOLD_WARPS
     for name, (fwd_cfg, bwd_cfg, fold_tile, fold_warps) in configs.items():
-        halo._launch_config = lambda hw, kernel, f=fwd_cfg, b=bwd_cfg: f if kernel == "fwd" else b
-        halo.FOLD_TILE, halo.FOLD_WARPS = fold_tile, fold_warps
-        try:  # the configuration is baked into the captured launches
+        with launch_config(fwd_cfg, bwd_cfg, (fold_tile, fold_warps)):  # baked into the captured launches
             steps[name] = graph_replayer([ops.step_fn(ops.fused_loss, [s]) for s in sets])
-        finally:
-            halo._launch_config, halo.FOLD_TILE, halo.FOLD_WARPS = shipped
     steps["compile"] = graph_replayer([ops.step_fn(compiled, [s]) for s in sets])
     timings = time_side_by_side(steps, device, min_reps=10, budget_s=1.0, calls=GRAPH_REPLAYS)
     return {k: v[0] for k, v in timings.items()}
@@ -177,7 +159,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         p.error("needs a CUDA device (the Triton kernels' launch configurations are tuned on the GPU)")
     device = torch.device("cuda")
-    out = RESULTS.__class__(args.out_dir) / f"tune-halo-{device_slug(device)}.csv"
+    out = Path(args.out_dir) / f"tune-halo-{device_slug(device)}.csv"
     print(f"# copy of 2 GiB: {copy_bandwidth(2 * 2**30, device):.0f} GB/s (each row compares with a copy "
           "of its own size)")
     rows = []
@@ -199,7 +181,7 @@ def tune_one(size, dname, device):
 
     hw = shape[3] * shape[4]
     block, _ = halo._launch_config(hw, "fwd")
-    rows = sweep_kernels(sets, dtype, copy_gbps, shape[1] * shape[2] * triton_cdiv(hw, block))
+    rows = sweep_kernels(sets, dtype, copy_gbps, shape[1] * shape[2] * triton.cdiv(hw, block))
     for r in rows:
         r.update(size=size, dtype=dname, copy_gbps=round(copy_gbps))
 

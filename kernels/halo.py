@@ -283,6 +283,45 @@ def _finish_sample(b, part_ptr, part_ref_ptr, ref_err_ptr, t_ptr, err_ptr, err_r
     tl.atomic_add(sync_ptr + 2 + b, 1, sem="release")
 
 
+@triton.jit
+def _forward_unit(b, u, pred_ptr, ref_ptr, target_ptr, mask_ptr, part_ptr, part_ref_ptr, ref_err_ptr, t_ptr,
+                  err_ptr, err_ref_ptr, coef_ptr, loss_ptr, stats_ptr, sync_ptr, B, C, F, HW, N, skip, mask_frames,
+                  lam1, beta, K_F, NBLK_F, HEAD: tl.constexpr, HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr,
+                  ACC: tl.constexpr, ROUND_FP32: tl.constexpr, FBLOCK: tl.constexpr, RBLOCK: tl.constexpr,
+                  BLOCK_B: tl.constexpr, KEEP: tl.constexpr, DROP: tl.constexpr):
+    """Forward block u of sample b: its partial sums; the sample's last block also finishes the
+    sample, and the batch's last finished sample writes the loss and stats."""
+    plane = b * C * F + (u // NBLK_F).to(tl.int32)
+    _, f, offs, in_bounds, base = _plane_block(plane, (u % NBLK_F).to(tl.int32), C, F, HW, FBLOCK)
+    sum_pred, sum_ref = _block_sums(pred_ptr, ref_ptr, target_ptr, mask_ptr, b, f, offs, in_bounds, base, skip,
+                                    mask_frames, HW, lam1, HAS_REF, HAS_MASK, ACC, KEEP, DROP)
+    part = b.to(tl.int64) * K_F + u
+    tl.store(part_ptr + part, sum_pred)
+    if HAS_REF:
+        tl.store(part_ref_ptr + part, sum_ref)
+    tl.debug_barrier()
+    if tl.atomic_add(sync_ptr + 2 + b, 1, sem="acq_rel") == K_F - 1:  # the sample's last block
+        _finish_sample(b, part_ptr, part_ref_ptr, ref_err_ptr, t_ptr, err_ptr, err_ref_ptr, coef_ptr, sync_ptr,
+                       B, K_F, N, beta, HEAD, HAS_REF, ROUND_FP32, RBLOCK)
+        if tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel") == B - 1:  # the last sample: the batch head
+            bs = tl.arange(0, BLOCK_B)
+            valid = bs < B
+            err = tl.load(err_ptr + bs, mask=valid, other=0, cache_modifier=".cg").to(tl.float64)
+            err_ref = tl.load(err_ref_ptr + bs, mask=valid, other=0, cache_modifier=".cg").to(tl.float64)
+            _batch_head(err, err_ref, t_ptr, bs, valid, B, beta, loss_ptr, stats_ptr, coef_ptr, HEAD, False)
+
+
+@triton.jit
+def _grad_unit(b, u, pred_ptr, target_ptr, mask_ptr, grad_ptr, coef_ptr, C, F, HW, N, skip, mask_frames, lam1,
+               NBLK_G, HAS_MASK: tl.constexpr, ACC: tl.constexpr, GBLOCK: tl.constexpr, DROP: tl.constexpr):
+    """Gradient block u of sample b (released: its coef is written)."""
+    plane = b * C * F + (u // NBLK_G).to(tl.int32)
+    _, f, offs, in_bounds, base = _plane_block(plane, (u % NBLK_G).to(tl.int32), C, F, HW, GBLOCK)
+    g = tl.load(coef_ptr + b, cache_modifier=".cg").to(ACC)
+    _block_grad(g * 2.0 / N, pred_ptr, target_ptr, mask_ptr, grad_ptr, b, f, offs, in_bounds, base, skip,
+                mask_frames, HW, lam1, HAS_MASK, ACC, DROP)
+
+
 @triton.jit(do_not_specialize=["B", "C", "F", "NBLK_F", "NBLK_G"])  # no int 1 turned constexpr
 def _halo_step_kernel(
     pred_ptr, ref_ptr, target_ptr, mask_ptr, grad_ptr, part_ptr, part_ref_ptr, ref_err_ptr, t_ptr,
@@ -298,7 +337,7 @@ def _halo_step_kernel(
     K_F = planes * NBLK_F
     K_B = planes * NBLK_G
     total = B.to(tl.int64) * (K_F + K_B)
-    released = -1  # the last sample this program saw released: no second wait on it
+    released = tl.full([], -1, tl.int32)  # the last sample this program saw released: no second wait on it
     tk = tl.atomic_add(sync_ptr, 1, sem="relaxed").to(tl.int64)
     while tk < total:
         b, is_grad, u = _ticket_work(tk, B, K_F.to(tl.int64), K_B.to(tl.int64), ORDER)
@@ -309,30 +348,13 @@ def _halo_step_kernel(
                 while state <= K_F:
                     state = tl.atomic_add(sync_ptr + 2 + b, 0, sem="acquire")
                 released = b
-            plane = b * planes + (u // NBLK_G).to(tl.int32)
-            _, f, offs, in_bounds, base = _plane_block(plane, (u % NBLK_G).to(tl.int32), C, F, HW, GBLOCK)
-            g = tl.load(coef_ptr + b, cache_modifier=".cg").to(ACC)
-            _block_grad(g * 2.0 / N, pred_ptr, target_ptr, mask_ptr, grad_ptr, b, f, offs, in_bounds, base, skip,
-                        mask_frames, HW, lam1, HAS_MASK, ACC, DROP)
+            _grad_unit(b, u, pred_ptr, target_ptr, mask_ptr, grad_ptr, coef_ptr, C, F, HW, N, skip, mask_frames,
+                       lam1, NBLK_G, HAS_MASK, ACC, GBLOCK, DROP)
         else:
-            plane = b * planes + (u // NBLK_F).to(tl.int32)
-            _, f, offs, in_bounds, base = _plane_block(plane, (u % NBLK_F).to(tl.int32), C, F, HW, FBLOCK)
-            sum_pred, sum_ref = _block_sums(pred_ptr, ref_ptr, target_ptr, mask_ptr, b, f, offs, in_bounds, base,
-                                            skip, mask_frames, HW, lam1, HAS_REF, HAS_MASK, ACC, KEEP, DROP)
-            part = b.to(tl.int64) * K_F + u
-            tl.store(part_ptr + part, sum_pred)
-            if HAS_REF:
-                tl.store(part_ref_ptr + part, sum_ref)
-            tl.debug_barrier()
-            if tl.atomic_add(sync_ptr + 2 + b, 1, sem="acq_rel") == K_F - 1:  # the sample's last block
-                _finish_sample(b, part_ptr, part_ref_ptr, ref_err_ptr, t_ptr, err_ptr, err_ref_ptr, coef_ptr,
-                               sync_ptr, B, K_F, N, beta, HEAD, HAS_REF, ROUND_FP32, RBLOCK)
-                if tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel") == B - 1:  # the last sample: the batch head
-                    bs = tl.arange(0, BLOCK_B)
-                    valid = bs < B
-                    err = tl.load(err_ptr + bs, mask=valid, other=0, cache_modifier=".cg").to(tl.float64)
-                    err_ref = tl.load(err_ref_ptr + bs, mask=valid, other=0, cache_modifier=".cg").to(tl.float64)
-                    _batch_head(err, err_ref, t_ptr, bs, valid, B, beta, loss_ptr, stats_ptr, coef_ptr, HEAD, False)
+            _forward_unit(b, u, pred_ptr, ref_ptr, target_ptr, mask_ptr, part_ptr, part_ref_ptr, ref_err_ptr, t_ptr,
+                          err_ptr, err_ref_ptr, coef_ptr, loss_ptr, stats_ptr, sync_ptr, B, C, F, HW, N, skip,
+                          mask_frames, lam1, beta, K_F, NBLK_F, HEAD, HAS_REF, HAS_MASK, ACC, ROUND_FP32, FBLOCK,
+                          RBLOCK, BLOCK_B, KEEP, DROP)
         tk = tl.atomic_add(sync_ptr, 1, sem="relaxed").to(tl.int64)
 
 

@@ -2,9 +2,8 @@
 
     python -m benchmarks.tune_halo [--size 720p-b8] [--dtypes bf16 fp32] [--sweeps step kernels]  (CUDA only)
 
-The one-pass step kernel (`halo.STEP_CONFIG`: block sizes, warps, programs per SM, ticket order,
-eviction hints) is swept first, in stages: order and hints, then blocks and warps, then programs
-per SM, each stage from the previous one's best, timing the whole step. Then the two-pass kernels:
+The one-pass step kernel (`halo.STEP_CONFIG`: block sizes, warps, programs per SM, lead, eviction
+hints) is swept first, in stages: the lead, then blocks and warps, then programs per SM and hints, each stage from the previous one's best, timing the whole step. Then the two-pass kernels:
 
 Each kernel is timed alone, as back-to-back CUDA-graph replays over rotated input sets, against a
 device copy measured the same way: the forward (reads pred, ref, target, mask: 3 N s + M bytes)
@@ -31,9 +30,10 @@ from .common import (GRAPH_REPLAYS, RESULTS, copy_bandwidth, device_slug, graph_
                      time_side_by_side, write_csv)
 
 STEP_STAGES = (  # the step kernel's sweep; None keeps the previous stage's best
-    [(None, None, None, None, order, hints) for order in (0, 1) for hints in (True, False)],
-    [(f, g, w, None, None, None) for f in (1024, 2048, 4096) for g in (4096, 8192) for w in (4, 8)],
-    [(None, None, None, per_sm, None, None) for per_sm in (1, 2, 8)],
+    [(None, None, None, None, lead, None) for lead in (0, 128, 512, 2048)],
+    [(f, g, w, None, None, None) for f, g, w in [(2048, 8192, 4), (4096, 8192, 4), (4096, 8192, 8),
+                                                 (8192, 8192, 8), (8192, 16384, 8), (4096, 16384, 8)]],
+    [(None, None, None, per_sm, None, hints) for per_sm in (2, 4, 8) for hints in (True, False)],
 )
 SWEEPS = ("step", "kernels")
 BLOCKS = (1024, 2048, 4096, 8192, 16384)
@@ -73,8 +73,8 @@ def step_config(cfg):
 
 
 def step_label(cfg):
-    f, g, w, per_sm, order, hints = cfg
-    return f"F{f} G{g} w{w} x{per_sm} order{order}{' hints' if hints else ''}"
+    f, g, w, per_sm, lead, hints = cfg
+    return f"F{f} G{g} w{w} x{per_sm} lead{lead}{' hints' if hints else ''}"
 
 
 def sweep_step(sets, dtype, copy_gbps, mask_dtype=None):

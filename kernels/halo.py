@@ -207,40 +207,42 @@ def _batch_head(err, err_ref, t_ptr, bs, valid, B, beta, loss_ptr, stats_ptr, co
 # when a sample's pred and target fit in L2 (720p bf16: 19 MB of the H200's 50 MB).
 #
 # Work is handed out by a ticket counter: each program takes the next ticket, in the order
-# (ORDER 0) F(0) G(0) F(1) G(1) ... with F(b) the forward blocks of sample b and G(b) its gradient
-# blocks, or (ORDER 1) F(0), then F(b + 1) interleaved with G(b), then G(B - 1), which hides the
-# wait for a sample's head behind the next sample's forward at the price of more L2 traffic between
-# a block's two reads. A gradient ticket waits for its sample's head, and every forward ticket of
-# that sample was handed out earlier to a program already running that never waits: no deadlock,
-# whatever the number of programs resident. Each sample's last forward block (the one that counts
-# its sample done) folds the sample's partial sums in fp64 in a fixed order (deterministic, no
-# atomic sums), writes err, err_ref and coef[b] = dL/derr_b, and releases the sample; the last
-# sample to finish writes the loss and stats. The gradient is of L itself (upstream gradient 1);
-# `scale_unless_one` applies another upstream gradient in place.
+#     F(0), F(1)[:LEAD], G(0), F(1)[LEAD:], F(2)[:LEAD], G(1), F(2)[LEAD:], ..., G(B - 1)
+# with F(b) the forward blocks of sample b and G(b) its gradient blocks: LEAD blocks of the next
+# sample keep the GPU busy while the last blocks of F(b) finish and sample b's head is written,
+# without pushing much of sample b out of L2 before G(b) rereads it. A gradient ticket waits for
+# its sample's head, and every forward ticket of that sample was handed out earlier to a program
+# already running that never waits: no deadlock, whatever the number of programs resident. Each
+# sample's last forward block (the one that counts its sample done) folds the sample's partial
+# sums in fp64 in a fixed order (deterministic, no atomic sums), writes err, err_ref and
+# coef[b] = dL/derr_b, and releases the sample; the last sample to finish writes the loss and
+# stats. The gradient is of L itself (upstream gradient 1); `scale_unless_one` applies another
+# upstream gradient in place.
 #
-# sync (int32, zeroed per call): [0] ticket counter, [1] samples finished, [2 + b] sample b's
-# finished forward blocks, K_F + 1 once its head is written.
+# sync (int32, zeroed per call), one counter per 128-byte line (the waiters' polling must not
+# contend with the ticket counter's atomics): [0] tickets handed out, [1] samples finished,
+# [2 + b] sample b's finished forward blocks, K_F + 1 once its head is written.
+SYNC_STRIDE = 32
+
 
 @triton.jit
-def _ticket_work(tk, B, K_F, K_B, ORDER: tl.constexpr):
+def _counter(sync_ptr, i):
+    return sync_ptr + i * 32  # SYNC_STRIDE
+
+
+@triton.jit
+def _ticket_work(tk, B, K_F, K_B, LEAD):
     """Ticket -> (sample, is a gradient block, block index within that sample's forward or gradient)."""
     per = K_F + K_B
-    if ORDER == 0:
-        b = tk // per
-        r = tk % per
-        is_grad = r >= K_F
-        u = tl.where(is_grad, per - 1 - r, r)  # gradient blocks last read first
-    else:  # F(0) | F(1) G(0) | ... | F(B-1) G(B-2) | G(B-1), G(seg) spread evenly over its segment
-        m = tk - K_F
-        first = m < 0
-        seg = tl.where(first, 0, m // per)
-        r = m - seg * per
-        last = seg == B - 1
-        n_before = (r * K_B) // per  # gradient tickets before position r of a middle segment
-        grad_here = last | (((r + 1) * K_B) // per > n_before)
-        is_grad = (m >= 0) & grad_here
-        b = tl.where(first, 0, tl.where(grad_here, seg, seg + 1))
-        u = tl.where(first, tk, tl.where(last, K_B - 1 - r, tl.where(grad_here, K_B - 1 - n_before, r - n_before)))
+    m = tk - K_F  # past F(0): segments of `per` tickets, F(s+1)[:lead] G(s) F(s+1)[lead:]; the last G(B-1)
+    first = m < 0
+    seg = tl.where(first, 0, m // per)
+    r = m - seg * per
+    lead = tl.where(seg == B - 1, 0, tl.minimum(LEAD, K_F))
+    is_grad = (m >= 0) & (r >= lead) & (r < lead + K_B)
+    b = tl.where(first, 0, tl.where(is_grad, seg, seg + 1))
+    # gradient blocks last read first
+    u = tl.where(first, tk, tl.where(is_grad, K_B - 1 - (r - lead), tl.where(r < lead, r, r - K_B)))
     return b, is_grad, u
 
 
@@ -280,7 +282,7 @@ def _finish_sample(b, part_ptr, part_ref_ptr, ref_err_ptr, t_ptr, err_ptr, err_r
     tl.store(err_ref_ptr + b, err_ref.to(out_ty))
     tl.store(coef_ptr + b, coef.to(out_ty))
     tl.debug_barrier()  # every thread's stores before the release
-    tl.atomic_add(sync_ptr + 2 + b, 1, sem="release")
+    tl.atomic_add(_counter(sync_ptr, 2 + b), 1, sem="release")
 
 
 @triton.jit
@@ -300,10 +302,10 @@ def _forward_unit(b, u, pred_ptr, ref_ptr, target_ptr, mask_ptr, part_ptr, part_
     if HAS_REF:
         tl.store(part_ref_ptr + part, sum_ref)
     tl.debug_barrier()
-    if tl.atomic_add(sync_ptr + 2 + b, 1, sem="acq_rel") == K_F - 1:  # the sample's last block
+    if tl.atomic_add(_counter(sync_ptr, 2 + b), 1, sem="acq_rel") == K_F - 1:  # the sample's last block
         _finish_sample(b, part_ptr, part_ref_ptr, ref_err_ptr, t_ptr, err_ptr, err_ref_ptr, coef_ptr, sync_ptr,
                        B, K_F, N, beta, HEAD, HAS_REF, ROUND_FP32, RBLOCK)
-        if tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel") == B - 1:  # the last sample: the batch head
+        if tl.atomic_add(_counter(sync_ptr, 1), 1, sem="acq_rel") == B - 1:  # the last sample: the batch head
             bs = tl.arange(0, BLOCK_B)
             valid = bs < B
             err = tl.load(err_ptr + bs, mask=valid, other=0, cache_modifier=".cg").to(tl.float64)
@@ -322,13 +324,13 @@ def _grad_unit(b, u, pred_ptr, target_ptr, mask_ptr, grad_ptr, coef_ptr, C, F, H
                 mask_frames, HW, lam1, HAS_MASK, ACC, DROP)
 
 
-@triton.jit(do_not_specialize=["B", "C", "F", "NBLK_F", "NBLK_G"])  # no int 1 turned constexpr
+@triton.jit(do_not_specialize=["B", "C", "F", "NBLK_F", "NBLK_G", "LEAD"])  # no int 1 turned constexpr
 def _halo_step_kernel(
     pred_ptr, ref_ptr, target_ptr, mask_ptr, grad_ptr, part_ptr, part_ref_ptr, ref_err_ptr, t_ptr,
     err_ptr, err_ref_ptr, coef_ptr, loss_ptr, stats_ptr, sync_ptr,
-    B, C, F, HW, N, skip, mask_frames, lam1, beta, NBLK_F, NBLK_G,
+    B, C, F, HW, N, skip, mask_frames, lam1, beta, NBLK_F, NBLK_G, LEAD,
     HEAD: tl.constexpr, HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
-    ROUND_FP32: tl.constexpr, ORDER: tl.constexpr, FBLOCK: tl.constexpr, GBLOCK: tl.constexpr,
+    ROUND_FP32: tl.constexpr, FBLOCK: tl.constexpr, GBLOCK: tl.constexpr,
     RBLOCK: tl.constexpr, BLOCK_B: tl.constexpr, HINTS: tl.constexpr,
 ):
     KEEP: tl.constexpr = "evict_last" if HINTS else ""
@@ -340,13 +342,14 @@ def _halo_step_kernel(
     released = tl.full([], -1, tl.int32)  # the last sample this program saw released: no second wait on it
     tk = tl.atomic_add(sync_ptr, 1, sem="relaxed").to(tl.int64)
     while tk < total:
-        b, is_grad, u = _ticket_work(tk, B, K_F.to(tl.int64), K_B.to(tl.int64), ORDER)
+        b, is_grad, u = _ticket_work(tk, B, K_F.to(tl.int64), K_B.to(tl.int64), LEAD)
         b = b.to(tl.int32)
         if is_grad:
-            if b != released:
-                state = tl.atomic_add(sync_ptr + 2 + b, 0, sem="acquire")
+            if b != released:  # poll with plain loads, then one acquire of what the head released
+                state = tl.load(_counter(sync_ptr, 2 + b), volatile=True)
                 while state <= K_F:
-                    state = tl.atomic_add(sync_ptr + 2 + b, 0, sem="acquire")
+                    state = tl.load(_counter(sync_ptr, 2 + b), volatile=True)
+                tl.atomic_add(_counter(sync_ptr, 2 + b), 0, sem="acquire")
                 released = b
             _grad_unit(b, u, pred_ptr, target_ptr, mask_ptr, grad_ptr, coef_ptr, C, F, HW, N, skip, mask_frames,
                        lam1, NBLK_G, HAS_MASK, ACC, GBLOCK, DROP)
@@ -470,9 +473,9 @@ def halo_loss_forward(pred, ref, target, mask, timesteps, ref_error, objective: 
     return loss, stats, coef
 
 
-# (FBLOCK, GBLOCK, num_warps, programs per SM, ORDER, HINTS) of the step kernel: a first guess
-# until benchmarks/tune_halo.py sweeps it on a GPU (benchmarks/NOTES.md).
-STEP_CONFIG = (2048, 4096, 8, 4, 0, True)
+# (FBLOCK, GBLOCK, num_warps, programs per SM, LEAD, HINTS) of the step kernel, from
+# benchmarks/tune_halo.py on an H200 at 720p-b8 (benchmarks/NOTES.md).
+STEP_CONFIG = (4096, 8192, 4, 4, 512, True)
 INTERPRETER_PROGRAMS = 2  # CPU tensors under TRITON_INTERPRET=1: programs run one after another
 
 
@@ -492,7 +495,7 @@ def halo_loss_step(pred, ref, target, mask, timesteps, ref_error, objective: str
     if B > MAX_FOLD_BATCH:
         return None
     hw = H * W
-    fblock, gblock, num_warps, per_sm, order, hints = STEP_CONFIG
+    fblock, gblock, num_warps, per_sm, lead, hints = STEP_CONFIG
     fblock = min(fblock, triton.next_power_of_2(max(hw, 16)))
     gblock = min(gblock, triton.next_power_of_2(max(hw, 16)))
     nblk_f, nblk_g = triton.cdiv(hw, fblock), triton.cdiv(hw, gblock)
@@ -505,7 +508,7 @@ def halo_loss_step(pred, ref, target, mask, timesteps, ref_error, objective: str
     part, part_ref = new(B, C * F * nblk_f), (new(B, C * F * nblk_f) if ref is not None else None)
     err, err_ref, coef, loss, stats = new(B), new(B), new(B), new(), new(n_stats)
     grad = torch.empty_like(pred)
-    sync = torch.zeros(2 + B, device=dev, dtype=torch.int32)
+    sync = torch.zeros((2 + B) * SYNC_STRIDE, device=dev, dtype=torch.int32)
     tickets = B * C * F * (nblk_f + nblk_g)
     grid = (min(tickets, _resident_programs(dev, per_sm)),)
     _halo_step_kernel[grid](
@@ -513,9 +516,9 @@ def halo_loss_step(pred, ref, target, mask, timesteps, ref_error, objective: str
         part, part_ref if part_ref is not None else part, ref_error if ref_error is not None else err,
         timesteps if timesteps is not None else err, err, err_ref, coef, loss, stats, sync,
         B, C, F, hw, C * F * hw, skip_frames, F - skip_frames, float(hand_weight) - 1.0, float(beta),
-        nblk_f, nblk_g,
+        nblk_f, nblk_g, lead,
         HEAD=HEAD_IPA if objective == "ipa" else HEAD_SFT, HAS_REF=ref is not None, HAS_MASK=mask is not None,
-        ACC=acc_tl, ROUND_FP32=acc_torch == torch.float32, ORDER=order, FBLOCK=fblock, GBLOCK=gblock,
+        ACC=acc_tl, ROUND_FP32=acc_torch == torch.float32, FBLOCK=fblock, GBLOCK=gblock,
         RBLOCK=1024, BLOCK_B=triton.next_power_of_2(B), HINTS=hints, num_warps=num_warps,
     )
     return loss, stats, coef, grad

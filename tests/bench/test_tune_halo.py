@@ -42,13 +42,13 @@ def test_refuses_to_run_without_cuda(capsys):
 
 def test_step_sweep_stages_compute_the_same(monkeypatch):
     """The one-pass step's sweep: each stage starts from the previous best, and every
-    configuration (both ticket orders, several blocks per plane) gives the first one's gradient."""
+    configuration (leads, several blocks per plane) gives the first one's gradient."""
     monkeypatch.setattr(tune_halo, "STEP_STAGES", (
         [(None, None, None, None, 0, True), (None, None, None, None, 1, False)],
         [(32, 64, 1, None, None, None)],
         [(None, None, None, 1, None, None)],
     ))
-    times = iter([3e-3, 2e-3, 1e-3, 4e-3])  # stage 1 picks order 1; stage 2's blocks win stage 3 too
+    times = iter([3e-3, 2e-3, 1e-3, 4e-3])  # stage 1 picks lead 1; stage 2's blocks win stage 3 too
 
     def run_once(fns, device, budget_s=0.0):
         for fn in fns:

@@ -2,7 +2,7 @@
 
 A training step on Triton (pred needs a gradient, target does not, not under torch.compile) gets
 its gradient from the forward's persistent kernel; these tests pin that it computes what the
-two-pass ops compute, for each ticket order and block size, that it runs only where it applies,
+two-pass ops compute, for each ticket order (lead) and block size, that it runs only where it applies,
 and how it takes an upstream gradient. Under TRITON_INTERPRET=1 the programs run one after
 another, so the kernel's cross-program waits are exercised on a GPU (tests/ops/test_cuda.py).
 """
@@ -16,9 +16,11 @@ from ipa.ops import flow_ipa_loss, flow_sft_loss, halo_loss
 
 from .test_halo_error import ODD, _need, make_inputs
 
-# (FBLOCK, GBLOCK, num_warps, programs per SM, ORDER, HINTS): the shipped one, and small blocks
-# (7 forward and 4 gradient blocks per 13 x 31 plane) in both ticket orders.
-CONFIGS = {"shipped": None, "direct": (64, 128, 4, 2, 0, True), "interleaved": (64, 128, 4, 2, 1, False)}
+# (FBLOCK, GBLOCK, num_warps, programs per SM, LEAD, HINTS): the shipped one, and small blocks (7
+# forward and 4 gradient blocks per 13 x 31 plane) with no lead, a lead of 5 blocks, and a lead
+# past a whole sample's forward blocks (it is capped there).
+CONFIGS = {"shipped": None, "no-lead": (64, 128, 4, 2, 0, True), "lead": (64, 128, 4, 2, 5, False),
+           "lead-past-sample": (64, 128, 4, 2, 10**6, True)}
 OBJECTIVES = ("ipa-ref-pred", "ipa-ref-error", "sft")
 
 

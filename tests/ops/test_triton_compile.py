@@ -23,10 +23,10 @@ KERNEL_CASES = (
                                                           ("fp64", "u8")] for has_mask in (True, False)]
     + [("fold", acc, n_type, f"{head}-{ref_parts}") for head in (0, 1, 2) for ref_parts in (True, False)
        for acc, n_type in [("fp32", "i32"), ("fp64", "i64")]]
-    # the one-pass step: ticket order, eviction hints, head (1 IPA, 2 SFT), reference prediction or not
-    + [("step", dtype, mask, f"{order}-{hints}-{head}-{has_ref}")
-       for dtype, mask, order, hints, head, has_ref in [("bf16", "bf16", 0, True, 1, True), ("bf16", "u8", 1, True, 1, False),
-                                                        ("fp32", "fp32", 1, False, 2, False), ("fp64", "u8", 0, True, 1, True)]]
+    # the one-pass step: eviction hints, head (1 IPA, 2 SFT), reference prediction or not
+    + [("step", dtype, mask, f"{hints}-{head}-{has_ref}")
+       for dtype, mask, hints, head, has_ref in [("bf16", "bf16", True, 1, True), ("bf16", "u8", True, 1, False),
+                                                 ("fp32", "fp32", False, 2, False), ("fp64", "u8", True, 1, True)]]
     + [("scale", dtype, "", n_type) for dtype, n_type in [("bf16", "i32"), ("fp32", "i64")]]  # scale_unless_one
 )
 CASES = [(arch,) + case for arch in ARCHS for case in KERNEL_CASES]
@@ -76,17 +76,17 @@ def build_all():
                                                        "BLOCK": bwd_block},
                           divisible=("pred_ptr", "target_ptr", "grad_ptr", "HW"), num_warps=bwd_warps)
             elif kind == "step":
-                order, hints, head, has_ref = c.split("-")
+                hints, head, has_ref = c.split("-")
                 acc = "fp64" if a == "fp64" else "fp32"
                 sig = plane_sig(a, b, ["pred_ptr", "ref_ptr", "target_ptr", "grad_ptr"])
                 sig.update({n: ptr[acc] for n in ("part_ptr", "part_ref_ptr", "ref_err_ptr", "t_ptr", "err_ptr",
                                                   "err_ref_ptr", "coef_ptr", "loss_ptr", "stats_ptr")})
                 sig.update(t_ptr="*fp32", sync_ptr="*i32", B="i32", N="i64" if a == "fp64" else "i32", beta="fp32",
-                           NBLK_F="i32", NBLK_G="i32")
+                           NBLK_F="i32", NBLK_G="i32", LEAD="i32")
                 fblock, gblock, warps = halo.STEP_CONFIG[:3]
                 k = build(halo._halo_step_kernel, sig,
                           {"HEAD": int(head), "HAS_REF": has_ref == "True", "HAS_MASK": True, "ACC": acc_tl[a],
-                           "ROUND_FP32": acc == "fp32", "ORDER": int(order), "FBLOCK": fblock, "GBLOCK": gblock,
+                           "ROUND_FP32": acc == "fp32", "FBLOCK": fblock, "GBLOCK": gblock,
                            "RBLOCK": 1024, "BLOCK_B": 8, "HINTS": hints == "True"},
                           divisible=("pred_ptr", "ref_ptr", "target_ptr", "grad_ptr", "HW"), num_warps=warps)
             elif kind == "scale":

@@ -9,17 +9,14 @@ of it, as it does in a training step (the transformer's kernels queue behind the
 host-inclusive time of one call is reported beside it (`call_ms`). On CPU a call is the unit.
 Each configuration times one training-step's worth of loss work: the per-sample HALO errors of
 the policy and the frozen reference, the IPA head, and the gradient of the loss w.r.t. the policy
-prediction. Implementations of the same function:
-  fused    ipa.ops.flow_ipa_loss (C++ kernels on CPU; on CUDA Triton's one-pass step)
-  two-pass the same with the one-pass step off (CUDA only): forward kernel, then backward kernel
-  eager    ipa.ops.reference.flow_ipa_loss on fp32 upcasts (how training scripts write it)
-  compile  torch.compile of that eager function (default mode, static shapes)
-Bytes: a two-pass floor is one read of pred, ref, target and mask in the forward and one read of
-pred, target and mask plus one write of the gradient in the backward: 6 N s + 2 M bytes for N
-latent elements of size s and M mask bytes. The one-pass step rereads a sample's pred, target and
-mask from L2, so its HBM floor is 4 N s + M. Achieved GB/s is an implementation's floor over its
-median time, reported beside a device copy measured in the same run. Results:
-benchmarks/results/ops-<device>.csv and .png.
+prediction. Three implementations of the same function:
+  fused   ipa.ops.flow_ipa_loss (C++ kernels on CPU, Triton on CUDA)
+  eager   ipa.ops.reference.flow_ipa_loss on fp32 upcasts (how training scripts write it)
+  compile torch.compile of that eager function (default mode, static shapes)
+Bytes: the floor is one read of pred, ref, target and mask in the forward and one read of pred,
+target and mask plus one write of the gradient in the backward: 6 N s + 2 M bytes for N latent
+elements of size s and M mask bytes. Achieved GB/s is that over the median time, reported beside
+a device copy measured in the same run. Results: benchmarks/results/ops-<device>.csv and .png.
 """
 
 import argparse
@@ -27,7 +24,7 @@ import math
 
 import torch
 
-from ipa.ops import flow_ipa_loss, halo_loss, reference
+from ipa.ops import flow_ipa_loss, reference
 
 from .common import (GRAPH_REPLAYS, RESULTS, bounded, copy_bandwidth, device_name, device_slug, graph_replayer,
                      peak_extra_bytes, print_table, time_side_by_side, versions, write_csv)
@@ -39,7 +36,7 @@ SIZES = {  # name: (B, C, F, H, W) latents; Wan VAE: 8x space, 4x time (81 frame
     "720p-b8": (8, 16, 21, 90, 160),
 }
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-IMPLS = ("fused", "two-pass", "eager", "compile")
+IMPLS = ("fused", "eager", "compile")
 BETA = 600.0
 
 
@@ -49,18 +46,6 @@ def eager_loss(pred, ref, target, t, mask):
 
 def fused_loss(pred, ref, target, t, mask):
     return flow_ipa_loss(pred, target, t, mask, ref_pred=ref, beta=BETA)[0]
-
-
-def two_pass_loss(pred, ref, target, t, mask):
-    shipped, halo_loss.FUSED_STEP = halo_loss.FUSED_STEP, False  # decided in the forward
-    try:
-        return fused_loss(pred, ref, target, t, mask)
-    finally:
-        halo_loss.FUSED_STEP = shipped
-
-
-def one_pass(impl, device):
-    return impl == "fused" and device.type == "cuda"
 
 
 MASKS = ("latents", "bool")  # the hand mask in the latents' dtype, or as bool (an ops user's)
@@ -104,11 +89,11 @@ def graphed_steps(fns, sets, impls):
         return None
 
 
-def floor_bytes(shape, dtype, mask_dtype=None, one_pass_step=False):
+def floor_bytes(shape, dtype, mask_dtype=None):
     n = math.prod(shape)
     B, C, F, H, W = shape
     mask = B * (F - 1) * H * W * (mask_dtype or dtype).itemsize
-    return 4 * n * dtype.itemsize + mask if one_pass_step else 6 * n * dtype.itemsize + 2 * mask
+    return 6 * n * dtype.itemsize + 2 * mask
 
 
 def run(args, on_rows=lambda rows: None):
@@ -130,7 +115,8 @@ def run(args, on_rows=lambda rows: None):
             # the copy's buffers several times a GPU's L2 (50-60 MB on H100/H200), so it is HBM's
             min_copy = (256 if device.type == "cuda" else 64) * 2**20
             copy_gbps = copy_bandwidth(max(set_bytes // 3, min_copy), device)
-            fns = {"fused": fused_loss, "two-pass": two_pass_loss, "eager": eager_loss}
+            nbytes = floor_bytes(shape, dtype, mask_dtype)
+            fns = {"fused": fused_loss, "eager": eager_loss}
             if "compile" in args.impls:
                 torch._dynamo.reset()
                 fns["compile"] = torch.compile(eager_loss, dynamic=False)
@@ -149,7 +135,6 @@ def run(args, on_rows=lambda rows: None):
                 (med, p10, p90, reps), peak = timings[impl], peaks[impl]
                 err = ((grads[impl] - grads["eager"]).norm() / grads["eager"].norm()).item() \
                     if "eager" in grads else float("nan")
-                nbytes = floor_bytes(shape, dtype, mask_dtype, one_pass(impl, device))
                 gbps = nbytes / (med * 1e-3) / 1e9
                 rows.append({
                     **info, "size": size, "shape": "x".join(map(str, shape)), "dtype": dname,
@@ -203,8 +188,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None)
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp32"])
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=None,
-                   help="default: all (two-pass only on CUDA: on CPU it is `fused` again)")
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     p.add_argument("--mask", choices=MASKS, default="latents",
                    help="hand mask dtype: the latents' or bool")
     p.add_argument("--budget", type=bounded(float, 0), default=2.0, help="seconds of timing per implementation")
@@ -219,8 +203,6 @@ def main(argv=None):
     if args.quick:
         args.sizes, args.dtypes, args.budget, args.min_reps = ["480p-b2"], ["bf16"], 1.0, 3
     args.sizes = args.sizes or list(SIZES)
-    if args.impls is None:
-        args.impls = [i for i in IMPLS if i != "two-pass" or torch.device(args.device).type == "cuda"]
     from pathlib import Path
 
     out = Path(args.out_dir)

@@ -1,9 +1,6 @@
 """Where the fused IPA step's GPU time goes, and the Triton kernels' launch configurations.
 
-    python -m benchmarks.tune_halo [--size 720p-b8] [--dtypes bf16 fp32] [--sweeps step kernels]  (CUDA only)
-
-The one-pass step kernel (`halo.STEP_CONFIG`: block sizes, warps, programs per SM, lead, eviction
-hints) is swept first, in stages: the lead, then blocks and warps, then programs per SM and hints, each stage from the previous one's best, timing the whole step. Then the two-pass kernels:
+    python -m benchmarks.tune_halo [--size 720p-b8] [--dtypes bf16 fp32]      (CUDA only)
 
 Each kernel is timed alone, as back-to-back CUDA-graph replays over rotated input sets, against a
 device copy measured the same way: the forward (reads pred, ref, target, mask: 3 N s + M bytes)
@@ -29,13 +26,6 @@ from . import ops
 from .common import (GRAPH_REPLAYS, RESULTS, copy_bandwidth, device_slug, graph_replayer, print_table,
                      time_side_by_side, write_csv)
 
-STEP_STAGES = (  # the step kernel's sweep; None keeps the previous stage's best
-    [(None, None, None, None, lead, None) for lead in (0, 128, 512, 2048)],
-    [(f, g, w, None, None, None) for f, g, w in [(2048, 8192, 4), (4096, 8192, 4), (4096, 8192, 8),
-                                                 (8192, 8192, 8), (8192, 16384, 8), (4096, 16384, 8)]],
-    [(None, None, None, per_sm, None, hints) for per_sm in (2, 4, 8) for hints in (True, False)],
-)
-SWEEPS = ("step", "kernels")
 BLOCKS = (1024, 2048, 4096, 8192, 16384)
 WARPS = (4, 8, 16)
 FOLD = [(tile, warps) for tile in (1024, 2048, 4096, 8192) for warps in (4, 8, 16)]
@@ -60,47 +50,6 @@ def launch_config(fwd=None, bwd=None, fold=None):
         yield
     finally:
         halo._launch_config, halo.FOLD_TILE, halo.FOLD_WARPS = shipped
-
-
-@contextlib.contextmanager
-def step_config(cfg):
-    """Run the step kernel with `cfg` (halo.STEP_CONFIG's fields)."""
-    shipped, halo.STEP_CONFIG = halo.STEP_CONFIG, cfg
-    try:
-        yield
-    finally:
-        halo.STEP_CONFIG = shipped
-
-
-def step_label(cfg):
-    f, g, w, per_sm, lead, hints = cfg
-    return f"F{f} G{g} w{w} x{per_sm} lead{lead}{' hints' if hints else ''}"
-
-
-def sweep_step(sets, dtype, copy_gbps, mask_dtype=None):
-    """Whole one-pass steps over STEP_STAGES (graph replays); each configuration's gradient is
-    checked against the first one's. Returns (rows, best configuration)."""
-    shape = tuple(sets[0][0].shape)
-    device = sets[0][0].device
-    nbytes = ops.floor_bytes(shape, dtype, mask_dtype or dtype, one_pass_step=True)
-    rows, first, best_cfg, best_ms = [], None, halo.STEP_CONFIG, math.inf
-    for stage in STEP_STAGES:
-        base = best_cfg
-        for change in stage:
-            cfg = tuple(b if c is None else c for b, c in zip(base, change))
-            if any(r["config"] == step_label(cfg) for r in rows):
-                continue
-            with step_config(cfg):  # baked into the captured launches
-                ms = graph_ms([ops.step_fn(ops.fused_loss, [s]) for s in sets], device)
-                grad = ops.step_fn(ops.fused_loss, sets[:1])().float()
-            first = grad if first is None else first
-            err = ((grad - first).norm() / first.norm()).item()
-            rows.append(row("step", cfg[0], cfg[2], ms, nbytes, copy_gbps, err, cfg == halo.STEP_CONFIG,
-                            config=step_label(cfg)))
-            print_row(rows[-1])
-            if ms < best_ms:
-                best_cfg, best_ms = cfg, ms
-    return rows, best_cfg
 
 
 def sweep_kernels(sets, dtype, copy_gbps, n_part_default):
@@ -149,10 +98,10 @@ def sweep_kernels(sets, dtype, copy_gbps, n_part_default):
     return rows
 
 
-def row(kernel, block, warps, ms, nbytes, copy_gbps, err, shipped, config=""):
+def row(kernel, block, warps, ms, nbytes, copy_gbps, err, shipped):
     gbps = nbytes / (ms * 1e-3) / 1e9
-    return {"kernel": kernel, "block": block, "warps": warps, "config": config, "us": round(ms * 1e3, 1),
-            "gbps": round(gbps), "frac_copy": round(gbps / copy_gbps, 3), "rel_err_vs_first": f"{err:.1e}",
+    return {"kernel": kernel, "block": block, "warps": warps, "us": round(ms * 1e3, 1), "gbps": round(gbps),
+            "frac_copy": round(gbps / copy_gbps, 3), "rel_err_vs_first": f"{err:.1e}",
             "shipped": "yes" if shipped else ""}
 
 
@@ -165,7 +114,7 @@ def profile_steps(sets):
     from torch.profiler import ProfilerActivity, profile
 
     compiled = torch.compile(ops.eager_loss, dynamic=False)
-    for name, fn in (("one-pass step", ops.fused_loss), ("two-pass", ops.two_pass_loss), ("compile", compiled)):
+    for name, fn in (("fused", ops.fused_loss), ("compile", compiled)):
         step = ops.step_fn(fn, sets)
         for _ in range(3):
             step()
@@ -184,15 +133,12 @@ def profile_steps(sets):
     return compiled
 
 
-def step_side_by_side(sets, compiled, configs, step_configs):
-    """Whole-step graph replays: two-pass launch configurations, one-pass step configurations, compile."""
+def step_side_by_side(sets, compiled, configs):
+    """Whole-step graph replays: the shipped launch configuration, the candidates, compile."""
     device = sets[0][0].device
     steps = {}
     for name, (fwd_cfg, bwd_cfg, fold_tile, fold_warps) in configs.items():
         with launch_config(fwd_cfg, bwd_cfg, (fold_tile, fold_warps)):  # baked into the captured launches
-            steps[name] = graph_replayer([ops.step_fn(ops.two_pass_loss, [s]) for s in sets])
-    for name, cfg in step_configs.items():
-        with step_config(cfg):
             steps[name] = graph_replayer([ops.step_fn(ops.fused_loss, [s]) for s in sets])
     steps["compile"] = graph_replayer([ops.step_fn(compiled, [s]) for s in sets])
     timings = time_side_by_side(steps, device, min_reps=10, budget_s=1.0, calls=GRAPH_REPLAYS)
@@ -208,8 +154,6 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.tune_halo", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=list(ops.SIZES), default="720p-b8")
     p.add_argument("--dtypes", nargs="+", choices=list(ops.DTYPES), default=["bf16", "fp32"])
-    p.add_argument("--sweeps", nargs="+", choices=SWEEPS, default=list(SWEEPS),
-                   help="step: the one-pass step kernel; kernels: the two-pass forward, backward and fold")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -219,51 +163,42 @@ def main(argv=None):
     print(f"# copy of 2 GiB: {copy_bandwidth(2 * 2**30, device):.0f} GB/s (each row compares with a copy "
           "of its own size)")
     rows = []
-    for sweep in args.sweeps:  # every dtype's step sweep first: what a cut-off run most needs
-        for dname in args.dtypes:
-            rows += tune_one(args.size, dname, device, sweep)
-            write_csv(out, rows)  # after each: a run cut off keeps what it measured
+    for dname in args.dtypes:
+        rows += tune_one(args.size, dname, device)
+        write_csv(out, rows)  # after each dtype: a run cut off keeps what it measured
     print(f"\nwrote {out}")
-    print_table(rows, ["dtype", "kernel", "block", "warps", "config", "us", "gbps", "frac_copy", "rel_err_vs_first",
-                       "shipped"])
+    print_table(rows, ["dtype", "kernel", "block", "warps", "us", "gbps", "frac_copy", "rel_err_vs_first", "shipped"])
     return 0
 
 
-def tune_one(size, dname, device, sweep):
-    """One dtype's sweep ("step": then the whole steps side by side; "kernels": then the profile);
-    the sweep's rows."""
+def tune_one(size, dname, device):
+    """The sweep, the profile and the whole-step comparison for one dtype; the sweep's rows."""
     shape, dtype = ops.SIZES[size], ops.DTYPES[dname]
     sets = ops.make_sets(shape, dtype, device, 2)
     set_bytes = 3 * math.prod(shape) * dtype.itemsize
     copy_gbps = copy_bandwidth(max(set_bytes // 3, 256 * 2**20), device)
-    print(f"\n# {size} {dname} {sweep}: copy {copy_gbps:.0f} GB/s")
+    print(f"\n# {size} {dname}: copy {copy_gbps:.0f} GB/s")
+
     hw = shape[3] * shape[4]
-    shipped = (halo._launch_config(hw, "fwd"), halo._launch_config(hw, "bwd"), halo.FOLD_TILE, halo.FOLD_WARPS)
-    if sweep == "step":
-        rows, step_best = sweep_step(sets, dtype, copy_gbps)
-        compiled = torch.compile(ops.eager_loss, dynamic=False)
-        times = step_side_by_side(sets, compiled, {"two-pass": shipped},
-                                  {"step shipped": halo.STEP_CONFIG, "step best": step_best})
-        labels = {"two-pass": shipped, "step shipped": step_label(halo.STEP_CONFIG), "step best": step_label(step_best)}
-    else:
-        block, _ = halo._launch_config(hw, "fwd")
-        rows = sweep_kernels(sets, dtype, copy_gbps, shape[1] * shape[2] * triton.cdiv(hw, block))
-        compiled = profile_steps(sets)
-        fwd_best, bwd_best = best(rows, "fwd"), best(rows, "bwd")
-        # the fold's partial count follows the forward's block: time the best fold for the shipped one
-        fold_best = best(rows, "fold")
-        labels = {"two-pass shipped": shipped, "two-pass best kernels": (fwd_best, bwd_best) + fold_best,
-                  "two-pass v0 (first GPU run)": ((4096, 8), (4096, 8), 2048, 4)}  # NOTES.md's v0
-        times = step_side_by_side(sets, compiled, labels, {})
+    block, _ = halo._launch_config(hw, "fwd")
+    rows = sweep_kernels(sets, dtype, copy_gbps, shape[1] * shape[2] * triton.cdiv(hw, block))
     for r in rows:
         r.update(size=size, dtype=dname, copy_gbps=round(copy_gbps))
-    print(f"\n# whole step, {size} {dname} (graph replays, copy {copy_gbps:.0f} GB/s; % of copy on each "
-          f"one's floor: two-pass 6Ns+2M, one-pass 4Ns+M)")
+
+    compiled = profile_steps(sets)
+    fwd_best, bwd_best = best(rows, "fwd"), best(rows, "bwd")
+    # the fold's partial count follows the forward's block: time the best fold for the shipped one
+    fold_best = best(rows, "fold")
+    shipped = (halo._launch_config(hw, "fwd"), halo._launch_config(hw, "bwd"), halo.FOLD_TILE, halo.FOLD_WARPS)
+    configs = {"shipped": shipped, "best kernels": (fwd_best, bwd_best) + fold_best,
+               "v0 (first GPU run)": ((4096, 8), (4096, 8), 2048, 4)}  # NOTES.md's v0
+    times = step_side_by_side(sets, compiled, configs)
+    nbytes = ops.floor_bytes(shape, dtype)
+    print(f"\n# whole step, {size} {dname} (graph replays; floor {nbytes / 1e6:.0f} MB, copy {copy_gbps:.0f} GB/s)")
     for name, ms in times.items():
-        nbytes = ops.floor_bytes(shape, dtype, one_pass_step=name.startswith("step"))
         gbps = nbytes / (ms * 1e-3) / 1e9
         print(f"  {name:28s} {ms * 1e3:7.1f} us  {gbps:6.0f} GB/s  {gbps / copy_gbps:5.1%} of copy  "
-              f"{times['compile'] / ms:4.2f}x compile  {labels.get(name, '')}")
+              f"{times['compile'] / ms:4.2f}x compile  {configs.get(name, '')}")
     return rows
 
 

@@ -190,20 +190,6 @@ def loss_forward(backend, pred, ref, target, mask, timesteps, ref_error, objecti
     return loss, stats, coef
 
 
-def loss_step(backend, pred, ref, target, mask, timesteps, ref_error, objective, beta, hand_weight, skip_frames,
-              n_stats):
-    """(loss, stats, coef, dL/d pred) in one Triton launch, or None where there is no one-pass step
-    (other backends; batches past the one-program head) and the caller runs forward and backward."""
-    if backend != "triton":
-        return None
-    return _load("triton").halo_loss_step(pred, ref, target, _mask_for_kernel(mask), timesteps, ref_error,
-                                          objective, beta, hand_weight, skip_frames, n_stats)
-
-
-def scale_unless_one(x, scale):
-    _load("triton").scale_unless_one(x, scale)
-
-
 def backward(backend, grad_err, pred, target, mask, hand_weight, skip_frames, grad_scale=None):
     """d(sum_b grad_scale * grad_err[b] * err[b]) / d pred, in pred's dtype (grad_scale: 0-dim or None)."""
     B, C, F, H, W = pred.shape

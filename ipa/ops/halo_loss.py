@@ -15,12 +15,6 @@ IPA head: with c_b = beta/2 (1 - t_b)^2 and logit_b = c_b (err_ref_b - err_b),
     L = mean_b softplus(-logit_b),    h'(err_b) = c_b * sigmoid(-logit_b) / B   (> 0: lowering the
     policy error lowers the loss, most where the policy does not yet beat the reference).
 SFT head: L = mean_b err_b, h' = 1 / B.
-
-On Triton, a training step (grad enabled, pred needing a gradient, target not) goes further:
-`ipa::halo_loss_step` computes the gradient in the forward, one persistent kernel that finishes
-each sample while it is in L2 (kernels/halo.py), reading 4 N s bytes instead of the two passes'
-6 N s. Its backward only applies the upstream gradient, in place, and moves no bytes when that is 1
-(`loss.backward()`). Under torch.compile the two-pass ops are traced instead.
 """
 
 from typing import Optional
@@ -54,8 +48,12 @@ def _ipa_head(err, err_ref, t, beta):
 def _halo_loss_fwd(pred: Tensor, ref: Optional[Tensor], target: Tensor, hand_mask: Optional[Tensor],
                    timesteps: Optional[Tensor], ref_error: Optional[Tensor], objective: str, beta: float,
                    hand_weight: float, skip_frames: int, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    pred, ref, target, hand_mask, timesteps, ref_error = _contiguous_inputs(pred, ref, target, hand_mask,
-                                                                            timesteps, ref_error)
+    pred, target = pred.contiguous(), target.contiguous()
+    ref = ref.contiguous() if ref is not None else None
+    hand_mask = hand_mask.contiguous() if hand_mask is not None else None
+    # The kernels index these [B] vectors with unit stride (a strided or expanded one would be misread).
+    timesteps = timesteps.contiguous() if timesteps is not None else None
+    ref_error = ref_error.contiguous() if ref_error is not None else None
     n_stats = len(IPA_STATS if objective == "ipa" else SFT_STATS)
     fused = _backends.loss_forward(backend, pred, ref, target, hand_mask, timesteps, ref_error, objective,
                                    beta, hand_weight, skip_frames, n_stats)
@@ -71,8 +69,7 @@ def _halo_loss_fwd(pred: Tensor, ref: Optional[Tensor], target: Tensor, hand_mas
 
 
 @_halo_loss_fwd.register_fake
-def _halo_loss_fwd_fake(pred, ref, target, hand_mask, timesteps, ref_error, objective, beta, hand_weight,
-                        skip_frames, backend):
+def _(pred, ref, target, hand_mask, timesteps, ref_error, objective, beta, hand_weight, skip_frames, backend):
     acc = _backends.acc_dtype(pred.dtype)
     n_stats = len(IPA_STATS if objective == "ipa" else SFT_STATS)
     return (pred.new_empty((), dtype=acc), pred.new_empty(n_stats, dtype=acc),
@@ -111,86 +108,10 @@ def _backward(ctx, grad_loss, _grad_stats, _grad_coef):
 _halo_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _contiguous_inputs(pred, ref, target, hand_mask, timesteps, ref_error):
-    # The kernels index the [B] vectors with unit stride too (a strided or expanded one would be misread).
-    return tuple(x.contiguous() if x is not None else None for x in (pred, ref, target, hand_mask, timesteps, ref_error))
-
-
-@torch.library.custom_op("ipa::halo_loss_step", mutates_args=())
-def _halo_loss_step(pred: Tensor, ref: Optional[Tensor], target: Tensor, hand_mask: Optional[Tensor],
-                    timesteps: Optional[Tensor], ref_error: Optional[Tensor], objective: str, beta: float,
-                    hand_weight: float, skip_frames: int, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`halo_loss_fwd`'s (loss, stats, coef) and dL/d pred (for an upstream gradient of 1), together."""
-    inputs = _contiguous_inputs(pred, ref, target, hand_mask, timesteps, ref_error)
-    n_stats = len(IPA_STATS if objective == "ipa" else SFT_STATS)
-    step = _backends.loss_step(backend, *inputs, objective, beta, hand_weight, skip_frames, n_stats)
-    if step is not None:
-        return step
-    loss, stats, coef = _halo_loss_fwd(*inputs, objective, beta, hand_weight, skip_frames, backend)
-    pred, _, target, hand_mask = inputs[:4]
-    return loss, stats, coef, _backends.backward(backend, coef, pred, target, hand_mask, hand_weight, skip_frames)
-
-
-@_halo_loss_step.register_fake
-def _(pred, ref, target, hand_mask, timesteps, ref_error, objective, beta, hand_weight, skip_frames, backend):
-    loss, stats, coef = _halo_loss_fwd_fake(pred, ref, target, hand_mask, timesteps, ref_error, objective, beta,
-                                            hand_weight, skip_frames, backend)
-    return loss, stats, coef, torch.empty_like(pred, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("ipa::scale_unless_one_", mutates_args=("x",))
-def _scale_unless_one_(x: Tensor, scale: Tensor, backend: str) -> None:
-    """x *= scale (0-dim) in place; on Triton no bytes move when scale == 1 (and no host sync)."""
-    if backend == "triton":
-        _backends.scale_unless_one(x, scale)
-    else:
-        x.mul_(scale.to(x.device))
-
-
-class _HaloLossStep(torch.autograd.Function):
-    """Autograd for `ipa::halo_loss_step`: the gradient exists after the forward; the backward
-    scales it by the upstream gradient in place and hands it on (once: it is not kept)."""
-
-    @staticmethod
-    def forward(ctx, pred, ref, target, hand_mask, timesteps, ref_error, objective, beta, hand_weight,
-                skip_frames, backend):
-        loss, stats, _, grad = _halo_loss_step(pred, ref, target, hand_mask, timesteps, ref_error, objective,
-                                               beta, hand_weight, skip_frames, backend)
-        ctx.mark_non_differentiable(stats)
-        ctx.set_materialize_grads(False)
-        ctx.grad, ctx.backend = grad, backend
-        return loss, stats
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss, _grad_stats):
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:
-            raise RuntimeError("ipa.ops: a fused Triton loss step's gradient was already handed to a first "
-                               "backward and is not kept for a second; call the loss again, or pass "
-                               "backend='cpp'/'torch' where a graph is differentiated twice")
-        if grad_loss is None:  # reached with no gradient for the loss
-            return (None,) * 11
-        _scale_unless_one_(grad, grad_loss, ctx.backend)
-        return grad, None, None, None, None, None, None, None, None, None, None
-
-
-FUSED_STEP = True  # the one-pass Triton step where it applies; benchmarks switch it off to compare
-
-
-def _fused_step_applies(pred, target, backend):
-    return (FUSED_STEP and backend == "triton" and torch.is_grad_enabled() and pred.requires_grad
-            and not target.requires_grad and not torch.compiler.is_compiling())
-
-
 def halo_loss(pred, ref, target, hand_mask, timesteps, ref_error, *, objective, beta, hand_weight,
               skip_frames, backend):
     """Validated inputs in, `(loss, metrics)` out; see `ipa.ops.flow_ipa_loss`/`flow_sft_loss`."""
-    args = (pred, ref, target, hand_mask, timesteps, ref_error, objective, float(beta), float(hand_weight),
-            skip_frames, backend)
-    if _fused_step_applies(pred, target, backend):
-        loss, stats = _HaloLossStep.apply(*args)
-    else:
-        loss, stats, _ = _halo_loss_fwd(*args)
+    loss, stats, _ = _halo_loss_fwd(pred, ref, target, hand_mask, timesteps, ref_error, objective,
+                                    float(beta), float(hand_weight), skip_frames, backend)
     names = IPA_STATS if objective == "ipa" else SFT_STATS
     return loss, dict(zip(names, stats.detach().unbind()))

@@ -49,8 +49,7 @@ def test_ipa_matches_reference(backend, beta):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_upstream_gradient_is_applied_inside_the_backward(backend):
     """A loss's upstream gradient (here -2.5: DeepSpeed's accumulation divides the loss too) reaches
-    pred and target; on Triton, a training step's gradient comes from the forward's fused step and
-    the backward only scales it in place: no backward kernel, no multiply of ours."""
+    pred and target; on Triton it is applied in the backward kernel, not by a launch of its own."""
     _need(backend)
     pred, ref, target, m = make_inputs(SHAPE)
     ref = pred + 0.05 * ref
@@ -64,7 +63,7 @@ def test_upstream_gradient_is_applied_inside_the_backward(backend):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             scaled.backward()
         counts = {e.key: e.count for e in prof.key_averages()}
-        assert counts.get("ipa::scale_unless_one_") == 1 and "ipa::halo_error_bwd" not in counts
+        assert counts.get("ipa::halo_error_bwd") == 1
         assert counts.get("aten::mul") == 1  # the `-2.5 *` node's own backward, nothing of ours
     (-2.5 * loss).backward()
     (-2.5 * want).backward()

@@ -44,7 +44,7 @@ def launch_config(fwd=None, bwd=None, fold=None):
     None keeps the shipped one."""
     shipped = halo._launch_config, halo.FOLD_TILE, halo.FOLD_WARPS
     chosen = {"fwd": fwd, "bwd": bwd}
-    halo._launch_config = lambda hw, kernel: chosen[kernel] or shipped[0](hw, kernel)
+    halo._launch_config = lambda hw, kernel, itemsize: chosen[kernel] or shipped[0](hw, kernel, itemsize)
     halo.FOLD_TILE, halo.FOLD_WARPS = fold or shipped[1:]
     try:
         yield
@@ -85,7 +85,7 @@ def sweep_kernels(sets, dtype, copy_gbps, n_part_default):
             for warps in WARPS:
                 if 2 <= block // (32 * warps) <= 64:
                     timed(kernel, (block, warps), 3 * n * dtype.itemsize + mask_bytes, launch, result,
-                          (block, warps) == halo._launch_config(hw, kernel))
+                          (block, warps) == halo._launch_config(hw, kernel, dtype.itemsize))
 
     part = torch.rand((B, n_part_default), device=device, dtype=acc)
     part_ref = torch.rand((B, n_part_default), device=device, dtype=acc)
@@ -180,7 +180,7 @@ def tune_one(size, dname, device):
     print(f"\n# {size} {dname}: copy {copy_gbps:.0f} GB/s")
 
     hw = shape[3] * shape[4]
-    block, _ = halo._launch_config(hw, "fwd")
+    block, _ = halo._launch_config(hw, "fwd", dtype.itemsize)
     rows = sweep_kernels(sets, dtype, copy_gbps, shape[1] * shape[2] * triton.cdiv(hw, block))
     for r in rows:
         r.update(size=size, dtype=dname, copy_gbps=round(copy_gbps))
@@ -189,7 +189,8 @@ def tune_one(size, dname, device):
     fwd_best, bwd_best = best(rows, "fwd"), best(rows, "bwd")
     # the fold's partial count follows the forward's block: time the best fold for the shipped one
     fold_best = best(rows, "fold")
-    shipped = (halo._launch_config(hw, "fwd"), halo._launch_config(hw, "bwd"), halo.FOLD_TILE, halo.FOLD_WARPS)
+    shipped = (halo._launch_config(hw, "fwd", dtype.itemsize), halo._launch_config(hw, "bwd", dtype.itemsize),
+               halo.FOLD_TILE, halo.FOLD_WARPS)
     configs = {"shipped": shipped, "best kernels": (fwd_best, bwd_best) + fold_best,
                "v0 (first GPU run)": ((4096, 8), (4096, 8), 2048, 4)}  # NOTES.md's v0
     times = step_side_by_side(sets, compiled, configs)

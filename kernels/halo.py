@@ -174,15 +174,22 @@ def _on_inputs_device(launcher):
     return launch
 
 
-def _launch_config(hw: int, kernel: str):
+# (BLOCK, num_warps) per kernel and element size, swept by `benchmarks/tune_halo.py` on an H200 at
+# 720p-b8 (benchmarks/NOTES.md). bf16: the forward, a reduction, is fastest as many small programs
+# (1024 x 4 warps: 93% of copy bandwidth, against 80% at 4096 x 8), the pointwise backward as large
+# ones (8192 x 16: 95%). fp32: the forward as large ones (8192 x 4: every load in flight at once,
+# 241 registers, no spills), the backward at 4096 x 16; the step 245 -> 234 us. Element sizes other
+# than 4 bytes take the 2-byte choice (fp64's 8-byte elements would spill the fp32 forward's).
+LAUNCH_CONFIGS = {("fwd", 2): (1024, 4), ("bwd", 2): (8192, 16), ("fwd", 4): (8192, 4), ("bwd", 4): (4096, 16)}
+
+
+def _launch_config(hw: int, kernel: str, itemsize: int):
     """(BLOCK, num_warps) for the forward ("fwd") or backward ("bwd") kernel on planes of `hw`
-    elements. Swept by `benchmarks/tune_halo.py` on an H200 at 720p-b8 (benchmarks/NOTES.md): the
-    forward, a reduction, is fastest as many small programs (1024 x 4 warps: 93% of copy bandwidth,
-    against 80% at 4096 x 8); the pointwise backward as large ones (8192 x 16 warps: 95%)."""
-    if kernel == "fwd":
-        return min(1024, triton.next_power_of_2(max(hw, 16))), 4
-    block = min(8192, triton.next_power_of_2(max(hw, 16)))
-    return block, 16 if block >= 8192 else 8 if block >= 2048 else 4
+    elements of `itemsize` bytes. A plane smaller than the tuned BLOCK takes the next power of two
+    of its size, with at most one warp per 256 elements (and at least 4)."""
+    block, warps = LAUNCH_CONFIGS[(kernel, 4 if itemsize == 4 else 2)]
+    block = min(block, triton.next_power_of_2(max(hw, 16)))
+    return block, max(4, min(warps, block // 256))
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -193,7 +200,7 @@ def _partials(pred, ref, target, mask, hand_weight, skip_frames):
     """Launch the forward kernel: [B, P] partial sums for pred (and ref), P = C * F * blocks."""
     B, C, F, H, W = pred.shape
     hw = H * W
-    block, num_warps = _launch_config(hw, "fwd")
+    block, num_warps = _launch_config(hw, "fwd", pred.element_size())
     grid = (B * C * F, triton.cdiv(hw, block))
     acc_tl, acc_torch = _acc_dtype(pred.dtype)
     part_pred = torch.empty(grid, device=pred.device, dtype=acc_torch)
@@ -269,7 +276,7 @@ def halo_backward(grad_err, pred, target, mask, hand_weight: float, skip_frames:
     dtype; `grad_scale` is a 0-dim tensor or None (1)."""
     B, C, F, H, W = pred.shape
     hw = H * W
-    block, num_warps = _launch_config(hw, "bwd")
+    block, num_warps = _launch_config(hw, "bwd", pred.element_size())
     grid = (B * C * F, triton.cdiv(hw, block))
     acc_tl, _ = _acc_dtype(pred.dtype)
     grad = torch.empty_like(pred)

@@ -52,7 +52,7 @@ def build_all():
         return sig
 
     # the launchers' configurations for a 720p latent plane (90 x 160), the size they were tuned at
-    (fwd_block, fwd_warps), (bwd_block, bwd_warps) = halo._launch_config(14400, "fwd"), halo._launch_config(14400, "bwd")
+    itemsize = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8}
     results, arch = {}, None
     for case in CASES:
         arch, kind, a, b, c = case
@@ -60,16 +60,18 @@ def build_all():
             if kind == "fwd":
                 sig = plane_sig(a, b, ["pred_ptr", "ref_ptr", "target_ptr"])
                 sig["part_pred_ptr"] = sig["part_ref_ptr"] = ptr["fp64" if a == "fp64" else "fp32"]
+                block, warps = halo._launch_config(14400, "fwd", itemsize[a])
                 k = build(halo._halo_fwd_kernel, sig, {"HAS_REF": c, "HAS_MASK": True, "ACC": acc_tl[a],
-                                                         "BLOCK": fwd_block},
-                          divisible=("pred_ptr", "ref_ptr", "target_ptr", "HW"), num_warps=fwd_warps)
+                                                         "BLOCK": block},
+                          divisible=("pred_ptr", "ref_ptr", "target_ptr", "HW"), num_warps=warps)
             elif kind == "bwd":
                 sig = plane_sig(a, b, ["pred_ptr", "target_ptr", "grad_ptr"])
                 acc_ptr = ptr["fp64" if a == "fp64" else "fp32"]
                 sig.update(grad_err_ptr=acc_ptr, grad_scale_ptr=acc_ptr, N="i64" if a == "fp64" else "i32")
+                block, warps = halo._launch_config(14400, "bwd", itemsize[a])
                 k = build(halo._halo_bwd_kernel, sig, {"HAS_SCALE": c, "HAS_MASK": c, "ACC": acc_tl[a],
-                                                       "BLOCK": bwd_block},
-                          divisible=("pred_ptr", "target_ptr", "grad_ptr", "HW"), num_warps=bwd_warps)
+                                                       "BLOCK": block},
+                          divisible=("pred_ptr", "target_ptr", "grad_ptr", "HW"), num_warps=warps)
             else:
                 head, ref_parts = c.split("-")
                 p = ptr[a]

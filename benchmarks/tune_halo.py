@@ -5,7 +5,7 @@
 Each kernel is timed alone, as back-to-back CUDA-graph replays over rotated input sets, against a
 device copy measured the same way: the forward (reads pred, ref, target, mask: 3 N s + M bytes)
 and the backward (reads pred, target, mask, writes the gradient: 3 N s + M) over block sizes and
-warp counts, and the one-program fold over its tile and warps. Every configuration's output is
+warp counts, and the per-sample fold over its tile and warps. Every configuration's output is
 checked against the first configuration's. Then torch.profiler lists the kernels of one whole
 fused step and of torch.compile's, and the whole step is timed with the shipped and the best
 configurations side by side. Results: benchmarks/results/tune-halo-<device>.csv; what was learned
@@ -90,7 +90,8 @@ def sweep_kernels(sets, dtype, copy_gbps, n_part_default):
     part = torch.rand((B, n_part_default), device=device, dtype=acc)
     part_ref = torch.rand((B, n_part_default), device=device, dtype=acc)
     t = torch.rand(B, device=device)
-    fold = lambda s: halo._fold(part, part_ref, head=halo.HEAD_IPA, n=n, acc_torch=acc, t=t,  # noqa: E731
+    sync = torch.zeros(1, device=device, dtype=torch.int32)  # the fold leaves it zeroed for the next replay
+    fold = lambda s: halo._fold(part, part_ref, sync, head=halo.HEAD_IPA, n=n, acc_torch=acc, t=t,  # noqa: E731
                                 beta=600.0, n_stats=5)[2]
     for tile, warps in FOLD:
         timed("fold", (tile, warps), 2 * part.numel() * part.element_size(), fold, lambda out: out.double(),

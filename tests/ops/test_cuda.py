@@ -119,6 +119,29 @@ def test_every_gradient_element_is_written_on_gpu(dtype):
     assert p.grad.dtype == dtype and bool(torch.isfinite(p.grad).all())
 
 
+@pytest.mark.parametrize("batch", [8, 61])
+def test_per_sample_fold_is_race_free_and_deterministic_on_gpu(batch):
+    """The fold runs one program per sample and the last to finish (an acq_rel count) writes the
+    batch's loss and metrics from the others' errors: on a GPU those programs really race. 20 calls
+    must agree bit for bit, with each other and across objectives, and with the torch backend."""
+    pred, ref, target, m = _cuda(*make_inputs((batch, 4, 3, 8, 40), dtype=torch.bfloat16))
+    t = torch.rand(batch, device="cuda")
+    for objective in ("ipa", "sft"):
+        def call(backend="triton"):
+            if objective == "ipa":
+                return flow_ipa_loss(pred, target, t, m, ref_pred=ref, beta=50.0, backend=backend)
+            return flow_sft_loss(pred, target, m, backend=backend)
+
+        runs = [call() for _ in range(20)]
+        for loss, metrics in runs[1:]:
+            assert torch.equal(loss, runs[0][0]), objective
+            assert all(torch.equal(metrics[k], runs[0][1][k]) for k in metrics), objective
+        want, want_metrics = call("torch")
+        torch.testing.assert_close(runs[0][0], want, rtol=1e-4, atol=1e-6)
+        for k in want_metrics:
+            torch.testing.assert_close(runs[0][1][k], want_metrics[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_inputs_on_a_device_that_is_not_current():
     """Triton launches on the current device; the ops must switch to the inputs' device."""

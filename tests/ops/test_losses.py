@@ -203,11 +203,12 @@ def test_reference_prediction_kept_for_backward_only_for_a_target_gradient(targe
     assert saved.count(ref.data_ptr()) == (2 if target_needs_grad else 0)
 
 
-def test_triton_batch_beyond_the_one_program_fold():
+def test_triton_batch_beyond_the_fold_kernel(monkeypatch):
     """Batches over MAX_FOLD_BATCH fold their partials and run the head in torch: same results."""
     _need("triton")
     from ipa.kernels import halo
 
+    monkeypatch.setattr(halo, "MAX_FOLD_BATCH", 4)  # 4096 in use: as many interpreted programs is slow
     B = halo.MAX_FOLD_BATCH + 1
     pred, ref, target, m = make_inputs((B, 1, 2, 1, 3), seed=5)
     t = timesteps(B)
@@ -218,15 +219,41 @@ def test_triton_batch_beyond_the_one_program_fold():
         torch.testing.assert_close(metrics[name], want_metrics[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_triton_fold_over_several_chunks_of_partials(monkeypatch):
-    """The one-program fold reads [B, P] partials in chunks of BLOCK_P = FOLD_TILE / next_pow2(B)
-    columns (at least 16): with the tile at 64 (the same loop as 2048's, fewer interpreted programs)
-    that is 16, so 35 partials per sample take three chunks, for the errors of policy and reference
-    and the IPA and SFT heads alike."""
+def test_triton_fold_counter_is_armed_by_the_forward_and_left_zeroed(monkeypatch):
+    """The fold's last program (by an atomic count per call) writes the batch's loss and metrics.
+    The count lives in an uninitialized int32 that the forward kernel zeroes: hand it a poisoned
+    one, as a reused allocation may be, and the loss must still be the reference's; the fold
+    leaves the count at zero, so the fold alone can run again on the same partials."""
     _need("triton")
     from ipa.kernels import halo
 
-    monkeypatch.setattr(halo, "FOLD_TILE", 64)
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, dtype=None, **k: (
+        empty(*a, dtype=dtype, **k).fill_(77) if dtype == torch.int32 else empty(*a, dtype=dtype, **k)))
+    shape = (4, 2, 3, 2, 5)
+    pred, ref, target, m = make_inputs(shape, seed=8)
+    t = timesteps(shape[0])
+    loss, metrics = flow_ipa_loss(pred, target, t, m, ref_pred=ref, beta=5.0, backend="triton")
+    want = reference.flow_ipa_loss(pred.double(), target.double(), t.double(), m.double(), ref_pred=ref.double(), beta=5.0)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-7)
+
+    part, part_ref, n, sync = halo._partials(pred, ref, target, m, 10.0, 1)
+    assert sync.item() == 0
+    runs = [halo._fold(part, part_ref, sync, head=halo.HEAD_IPA, n=n, acc_torch=torch.float32, t=t, beta=5.0,
+                       n_stats=5) for _ in range(2)]
+    assert sync.item() == 0
+    for first, second in zip(runs[0][2:], runs[1][2:]):  # loss, stats, coef
+        assert torch.equal(first, second)
+
+
+def test_triton_fold_over_several_chunks_of_partials(monkeypatch):
+    """Each sample's fold program reads its P partials in chunks of BLOCK_P = FOLD_TILE (at least
+    16): with the tile at 16 (the same loop as 2048's, on a small shape), 35 partials per sample take
+    three chunks, for the errors of policy and reference and the IPA and SFT heads alike."""
+    _need("triton")
+    from ipa.kernels import halo
+
+    monkeypatch.setattr(halo, "FOLD_TILE", 16)
     shape = (3, 5, 7, 3, 5)  # P = C x F x 1 block = 35
     pred, ref, target, m = make_inputs(shape, seed=6)
     ref = pred + 0.1 * ref

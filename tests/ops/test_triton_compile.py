@@ -60,6 +60,7 @@ def build_all():
             if kind == "fwd":
                 sig = plane_sig(a, b, ["pred_ptr", "ref_ptr", "target_ptr"])
                 sig["part_pred_ptr"] = sig["part_ref_ptr"] = ptr["fp64" if a == "fp64" else "fp32"]
+                sig["sync_ptr"] = "*i32"
                 block, warps = halo._launch_config(14400, "fwd", itemsize[a])
                 k = build(halo._halo_fwd_kernel, sig, {"HAS_REF": c, "HAS_MASK": True, "ACC": acc_tl[a],
                                                          "BLOCK": block},
@@ -76,10 +77,11 @@ def build_all():
                 head, ref_parts = c.split("-")
                 p = ptr[a]
                 sig = dict(part_ptr=p, part_ref_ptr=p, ref_err_ptr=p, t_ptr="*fp32", err_ptr=p, err_ref_ptr=p,
-                           loss_ptr=p, stats_ptr=p, coef_ptr=p, B="i32", P="i32", N=b, beta="fp32")
+                           loss_ptr=p, stats_ptr=p, coef_ptr=p, sync_ptr="*i32", B="i32", P="i32", N=b,
+                           beta="fp32")
                 k = build(halo._fold_kernel, sig, {"HEAD": int(head), "REF_PARTS": ref_parts == "True",
                                                    "ROUND_FP32": a == "fp32", "BLOCK_B": 8,
-                                                   "BLOCK_P": halo.FOLD_TILE // 8}, num_warps=halo.FOLD_WARPS)
+                                                   "BLOCK_P": halo.FOLD_TILE}, num_warps=halo.FOLD_WARPS)
             ptx = k.asm["ptx"]
             results[repr(case)] = {"ok": bool(k.asm["cubin"]), "error": "",
                                    "ptx_v4_load": bool(re.search(r"ld\.global(\.\w+)*\.v4\.b32", ptx)),

@@ -123,7 +123,7 @@ def test_every_gradient_element_is_written_on_gpu(dtype):
 def test_per_sample_fold_is_race_free_and_deterministic_on_gpu(batch):
     """The fold runs one program per sample and the last to finish (an acq_rel count) writes the
     batch's loss and metrics from the others' errors: on a GPU those programs really race. 20 calls
-    must agree bit for bit, with each other and across objectives, and with the torch backend."""
+    of each objective must agree bit for bit, and with the torch backend."""
     pred, ref, target, m = _cuda(*make_inputs((batch, 4, 3, 8, 40), dtype=torch.bfloat16))
     t = torch.rand(batch, device="cuda")
     for objective in ("ipa", "sft"):

@@ -233,7 +233,7 @@ def test_triton_fold_counter_is_armed_by_the_forward_and_left_zeroed(monkeypatch
     shape = (4, 2, 3, 2, 5)
     pred, ref, target, m = make_inputs(shape, seed=8)
     t = timesteps(shape[0])
-    loss, metrics = flow_ipa_loss(pred, target, t, m, ref_pred=ref, beta=5.0, backend="triton")
+    loss, _ = flow_ipa_loss(pred, target, t, m, ref_pred=ref, beta=5.0, backend="triton")
     want = reference.flow_ipa_loss(pred.double(), target.double(), t.double(), m.double(), ref_pred=ref.double(), beta=5.0)
     torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-7)
 

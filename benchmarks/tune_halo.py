@@ -193,7 +193,7 @@ def tune_one(size, dname, device):
     shipped = (halo._launch_config(hw, "fwd", dtype.itemsize), halo._launch_config(hw, "bwd", dtype.itemsize),
                halo.FOLD_TILE, halo.FOLD_WARPS)
     configs = {"shipped": shipped, "best kernels": (fwd_best, bwd_best) + fold_best,
-               "v0 (first GPU run)": ((4096, 8), (4096, 8), 2048, 4)}  # NOTES.md's v0
+               "v0's launch configuration": ((4096, 8), (4096, 8), 2048, 4)}  # NOTES.md's v0 (its fold was one program)
     times = step_side_by_side(sets, compiled, configs)
     nbytes = ops.floor_bytes(shape, dtype)
     print(f"\n# whole step, {size} {dname} (graph replays; floor {nbytes / 1e6:.0f} MB, copy {copy_gbps:.0f} GB/s)")
